@@ -1,0 +1,142 @@
+"""The gateway: the platform's public REST API."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from services.gateway import routes_artifacts, routes_datasets, routes_jobs
+from services.gateway.deps import Context
+from services.gateway.settings import GatewaySettings
+from shared.contracts.api import ErrorOut, Health
+from shared.db.session import Database, Dispatcher
+from shared.errors import VR1Error
+from shared.queue import CeleryDispatcher, make_celery
+from shared.storage import open_store
+
+log = logging.getLogger(__name__)
+
+
+def package_version() -> str:
+    """The installed platform version."""
+    try:
+        return version("vision-r1-platform")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+class NoBrokerDispatcher:
+    """Without a broker, jobs stay queued; ``vr1 run`` executes specs in-process."""
+
+    def send(self, task_name: str, args: list[object]) -> None:
+        log.warning("no broker configured (VR1_REDIS_URL); %s stays queued", task_name)
+
+
+def default_dispatcher(settings: GatewaySettings) -> Dispatcher:
+    """Celery when a broker is configured, else one that says work stays queued."""
+    if settings.redis_url:
+        app = make_celery(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s)
+        return CeleryDispatcher(app)
+    return NoBrokerDispatcher()
+
+
+def _error_response(exc: VR1Error) -> JSONResponse:
+    return JSONResponse(status_code=exc.status_code, content=exc.to_dict())
+
+
+def _validation_response(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    where = ", ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in errors[:5]
+    )
+    body = {"error": "invalid_input", "message": f"invalid request: {where}"}
+    detail = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
+    return JSONResponse(status_code=422, content={**body, "detail": detail})
+
+
+def create_app(
+    settings: GatewaySettings | None = None,
+    *,
+    db: Database | None = None,
+    dispatcher: Dispatcher | None = None,
+) -> FastAPI:
+    """Build the gateway app; tests pass their own database or dispatcher."""
+    settings = settings or GatewaySettings()
+    database = db or Database(
+        settings.resolved_database_url, dispatcher or default_dispatcher(settings)
+    )
+    store = open_store(settings.resolved_artifact_uri)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        database.dispose()
+
+    app = FastAPI(
+        title="Vision-R1 platform",
+        version=package_version(),
+        description="Cold-start data, SFT, GRPO with PTST, and evaluation as jobs.",
+        lifespan=lifespan,
+        responses={
+            401: {"model": ErrorOut, "description": "Missing or invalid API key"},
+            422: {"model": ErrorOut, "description": "Invalid request"},
+        },
+    )
+    app.state.context = Context(settings=settings, db=database, store=store)
+    app.add_exception_handler(VR1Error, lambda _r, e: _error_response(e))  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_response)
+
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        tags=["health"],
+        responses={503: {"model": Health, "description": "A dependency is down"}},
+    )
+    def healthz() -> JSONResponse:
+        """Liveness and dependencies: database and (when configured) broker."""
+        health = _health(settings, database)
+        code = 200 if health.status == "ok" else 503
+        return JSONResponse(status_code=code, content=health.model_dump())
+
+    app.include_router(routes_datasets.router)
+    app.include_router(routes_jobs.router)
+    app.include_router(routes_artifacts.router)
+    return app
+
+
+def _health(settings: GatewaySettings, database: Database) -> Health:
+    try:
+        with database.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        db_ok = True
+    except Exception:  # any driver error means "not healthy", never a 500
+        db_ok = False
+    broker: bool | None = None
+    if settings.redis_url:
+        import redis
+
+        try:
+            broker = bool(redis.Redis.from_url(settings.redis_url, socket_timeout=2).ping())
+        except redis.RedisError:
+            broker = False
+    ok = db_ok and broker is not False
+    return Health(
+        status="ok" if ok else "degraded", database=db_ok, broker=broker, version=package_version()
+    )
+
+
+def serve(settings: GatewaySettings | None = None) -> None:
+    """Run the gateway under uvicorn."""
+    import uvicorn
+
+    settings = settings or GatewaySettings()
+    logging.basicConfig(level=settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")

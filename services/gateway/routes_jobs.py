@@ -1,0 +1,103 @@
+"""Job routes: create, list, get, cancel, stages, metrics, artifacts."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+from sqlalchemy import select
+
+from services.gateway.deps import SessionDep, TeamDep
+from services.gateway.paging import page_of
+from shared import jobs
+from shared.contracts.api import (
+    ArtifactOut,
+    JobCreate,
+    JobOut,
+    JobStatus,
+    MetricOut,
+    Page,
+    StageOut,
+)
+from shared.contracts.specs import JobKind
+from shared.db.models import Artifact, Metric, Stage
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobOut)
+def create_job(body: JobCreate, session: SessionDep, team: TeamDep) -> JobOut:
+    """Submit a job; its spec is validated and stored, its work queued after commit."""
+    job = jobs.create_job(session, team=team, spec=body.spec, name=body.name)
+    return JobOut.model_validate(job)
+
+
+@router.get("", response_model=Page[JobOut])
+def list_jobs(
+    session: SessionDep,
+    team: TeamDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    status: JobStatus | None = None,
+    kind: JobKind | None = None,
+    parent_id: uuid.UUID | None = None,
+) -> Page[JobOut]:
+    """The team's jobs, newest first, filtered by status, kind or parent."""
+    filters = jobs.JobFilter(status=status, kind=kind, parent_id=parent_id)
+    rows, total = jobs.list_jobs(session, team=team, filters=filters, limit=limit, offset=offset)
+    return page_of([JobOut.model_validate(r) for r in rows], total, limit, offset)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: uuid.UUID, session: SessionDep, team: TeamDep) -> JobOut:
+    """One job with its progress counters."""
+    return JobOut.model_validate(jobs.get_job(session, team=team, job_id=job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut)
+def cancel_job(job_id: uuid.UUID, session: SessionDep, team: TeamDep) -> JobOut:
+    """Cancel a job and its child jobs; work in flight stops at the next item or step."""
+    job = jobs.get_job(session, team=team, job_id=job_id)
+    return JobOut.model_validate(jobs.cancel_job(session, job=job))
+
+
+@router.get("/{job_id}/stages", response_model=list[StageOut])
+def list_stages(job_id: uuid.UUID, session: SessionDep, team: TeamDep) -> list[StageOut]:
+    """A training job's stages (the PTST stage state), in order."""
+    job = jobs.get_job(session, team=team, job_id=job_id)
+    rows = session.scalars(select(Stage).where(Stage.job_id == job.id).order_by(Stage.idx))
+    return [StageOut.model_validate(r) for r in rows]
+
+
+@router.get("/{job_id}/metrics", response_model=list[MetricOut])
+def list_metrics(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    team: TeamDep,
+    name: Annotated[list[str] | None, Query()] = None,
+    stage: int | None = None,
+    after_step: int | None = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> list[MetricOut]:
+    """A job's metric series, by stage and step; filter by name, stage, step."""
+    job = jobs.get_job(session, team=team, job_id=job_id)
+    query = select(Metric).where(Metric.job_id == job.id)
+    if name:
+        query = query.where(Metric.name.in_(name))
+    if stage is not None:
+        query = query.where(Metric.stage_idx == stage)
+    if after_step is not None:
+        query = query.where(Metric.step > after_step)
+    query = query.order_by(Metric.stage_idx, Metric.step, Metric.name).limit(limit)
+    return [MetricOut.model_validate(r) for r in session.scalars(query)]
+
+
+@router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])
+def list_artifacts(job_id: uuid.UUID, session: SessionDep, team: TeamDep) -> list[ArtifactOut]:
+    """What a job stored: checkpoints, exports, reports."""
+    job = jobs.get_job(session, team=team, job_id=job_id)
+    rows = session.scalars(
+        select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.created_at)
+    )
+    return [ArtifactOut.model_validate(r) for r in rows]

@@ -1,0 +1,196 @@
+"""``vr1``: one command line that starts every role of the platform.
+
+Service modules are imported inside the command that needs them, so ``vr1 serve
+gateway`` never loads torch and a missing optional extra fails only the command using it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shared.settings import BaseVR1Settings
+
+app = typer.Typer(help="The Vision-R1 platform.", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
+admin_app = typer.Typer(help="Teams and API keys.", no_args_is_help=True)
+reward_app = typer.Typer(help="Reward scoring.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(admin_app, name="admin")
+app.add_typer(reward_app, name="reward")
+
+
+class HttpRole(StrEnum):
+    gateway = "gateway"
+    reward = "reward"
+
+
+class WorkerRole(StrEnum):
+    captioner = "captioner"
+    reasoner = "reasoner"
+    trainer = "trainer"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(role: HttpRole) -> None:
+    """Start an HTTP service: the gateway or the reward service."""
+    if role is HttpRole.gateway:
+        from services.gateway.app import serve as serve_gateway
+
+        serve_gateway()
+    else:
+        from services.reward.app import serve as serve_reward
+
+        serve_reward()
+
+
+@app.command()
+def worker(role: WorkerRole) -> None:
+    """Start a queue worker: captioner (queue caption), reasoner (reason), trainer (train)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"services.{role.value}.worker")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("services."):
+            _fail(f"the {role.value} worker is not part of this release yet")
+        _fail(f"the {role.value} worker needs the 'worker' extra: missing module {exc.name}")
+    module.main()
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Migrate the database up (default: to the newest revision)."""
+    from shared.db import migrate
+
+    url = BaseVR1Settings().resolved_database_url
+    migrate.upgrade(url, revision)
+    typer.echo(f"database at revision {migrate.current(url)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str) -> None:
+    """Migrate the database down to a revision ('base' empties it)."""
+    from shared.db import migrate
+
+    url = BaseVR1Settings().resolved_database_url
+    migrate.downgrade(url, revision)
+    typer.echo(f"database at revision {migrate.current(url)}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's revision."""
+    from shared.db import migrate
+
+    typer.echo(migrate.current(BaseVR1Settings().resolved_database_url) or "empty")
+
+
+@admin_app.command("create-team")
+def create_team(name: str) -> None:
+    """Add a team."""
+    from shared import teams
+    from shared.db.session import Database
+
+    with Database(BaseVR1Settings().resolved_database_url).session() as session:
+        team = teams.create_team(session, name=name)
+        typer.echo(f"team {team.name} {team.id}")
+
+
+@admin_app.command("create-key")
+def create_key(
+    team: Annotated[str, typer.Option(help="Team name.")],
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+) -> None:
+    """Issue an API key for a team; it is printed once and stored only as a hash."""
+    from shared import teams
+    from shared.db.session import Database
+
+    with Database(BaseVR1Settings().resolved_database_url).session() as session:
+        issued = teams.create_key(session, team=teams.get_team(session, name=team), name=name)
+    typer.echo(issued.secret)
+
+
+@admin_app.command("revoke-key")
+def revoke_key(prefix: str) -> None:
+    """Revoke an API key by its prefix (the part after 'vr1_')."""
+    from shared import teams
+    from shared.db.session import Database
+
+    with Database(BaseVR1Settings().resolved_database_url).session() as session:
+        teams.revoke_key(session, prefix=prefix)
+    typer.echo(f"revoked {prefix}")
+
+
+@app.command("toy-data")
+def toy_data(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path(".vr1/data/toy"),
+    seed: int = 0,
+    n_train: int = 64,
+    n_test: int = 32,
+    tasks: Annotated[list[str] | None, typer.Option(help="Tasks to include.")] = None,
+) -> None:
+    """Write a seeded synthetic visual QA dataset (images, train/test JSONL, references)."""
+    from shared.fixtures.commands import toy_data_command
+    from shared.fixtures.toy import DEFAULT_TASKS
+
+    toy_data_command(out, seed, n_train, n_test, list(tasks or DEFAULT_TASKS))
+
+
+@app.command("tiny-models")
+def tiny_models(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path(".vr1/models"),
+    seed: int = 0,
+) -> None:
+    """Build tiny random Qwen2.5-VL-style and text models offline (for tests and demos)."""
+    from shared.fixtures.commands import tiny_models_command
+
+    tiny_models_command(out, seed)
+
+
+@reward_app.command("score")
+def reward_score(reward: str = "hfrrf") -> None:
+    """Score JSONL lines {completion, answer} from stdin; one JSON result per line out."""
+    from services.reward.cli import score_stream
+    from services.reward.settings import RewardSettings
+
+    raise typer.Exit(score_stream(reward, sys.stdin, sys.stdout, RewardSettings()))
+
+
+@app.command()
+def run(spec: Path) -> None:
+    """Run a job spec in-process on embedded defaults (SQLite, local folder, no broker)."""
+    _fail("embedded job runs are not part of this release yet")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the demo writes its report.")] = Path(
+        ".vr1/demo"
+    ),
+    seed: int = 0,
+) -> None:
+    """The main job on embedded defaults: what the platform can run end to end today."""
+    from shared.demo import run_demo
+
+    report = run_demo(out, seed=seed, settings=BaseVR1Settings())
+    typer.echo(json.dumps(report, indent=2))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Request and response models of the public REST API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.contracts.specs import JobSpec
+
+T = TypeVar("T")
+
+DatasetKind = Literal["source", "cold", "rl", "eval"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list; ask again with ``offset=next_offset`` while it is not null."""
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+class ErrorOut(BaseModel):
+    """Every error the API returns has this shape (plus the IDs it is about)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str
+    message: str
+
+
+class ColumnMapping(BaseModel):
+    """Which columns of the file hold the image(s), the question and the answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(default="image", description="A path, a list of paths, or HF image dicts.")
+    question: str = "question"
+    answer: str = "answer"
+    id: str | None = Field(default=None, description="Optional column with a row ID.")
+
+
+class DatasetCreate(BaseModel):
+    """Register a dataset from a JSONL or Parquet file the server can read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    kind: Literal["source", "rl", "eval"] = "source"
+    path: str = Field(
+        min_length=1,
+        description="File path, relative to one of the server's import roots (or absolute "
+        "inside one). Image paths in rows are resolved against the file's folder.",
+    )
+    format: Literal["auto", "jsonl", "parquet"] = "auto"
+    columns: ColumnMapping = Field(default_factory=ColumnMapping)
+    on_error: Literal["reject", "skip"] = Field(
+        default="reject",
+        description="reject: any bad row fails the request and nothing is written; "
+        "skip: bad rows are reported and left out.",
+    )
+
+
+class RowError(BaseModel):
+    row: int = Field(description="1-based line (JSONL) or row number (Parquet).")
+    field: str | None = None
+    reason: str
+
+
+class DatasetOut(Out):
+    id: uuid.UUID
+    name: str
+    kind: str
+    format: str
+    size: int
+    uri: str
+    meta: dict[str, Any]
+    produced_by_job_id: uuid.UUID | None
+    created_at: datetime
+
+
+class DatasetCreated(DatasetOut):
+    skipped: list[RowError] = Field(default_factory=list)
+
+
+class ItemOut(Out):
+    id: uuid.UUID
+    idx: int
+    images: list[str]
+    question: str
+    answer: str
+    extra: dict[str, Any]
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, max_length=200)
+    spec: JobSpec
+
+
+class JobOut(Out):
+    id: uuid.UUID
+    parent_id: uuid.UUID | None
+    name: str
+    kind: str
+    status: str
+    spec: dict[str, Any]
+    warnings: list[str]
+    items_total: int
+    items_done: int
+    items_failed: int
+    counters: dict[str, Any]
+    output: dict[str, Any]
+    error: str | None
+    cancel_requested: bool
+    heartbeat_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class StageOut(Out):
+    idx: int
+    name: str
+    config: dict[str, Any]
+    status: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    checkpoint_uri: str | None
+    summary: dict[str, Any]
+
+
+class MetricOut(Out):
+    stage_idx: int | None
+    step: int
+    name: str
+    value: float
+    created_at: datetime
+
+
+class ArtifactOut(Out):
+    id: uuid.UUID
+    job_id: uuid.UUID | None
+    kind: str
+    name: str
+    uri: str
+    size_bytes: int
+    checksum: str
+    meta: dict[str, Any]
+    created_at: datetime
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: bool
+    broker: bool | None = Field(description="None when no broker is configured.")
+    version: str

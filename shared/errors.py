@@ -1,0 +1,128 @@
+"""One exception tree for the platform.
+
+Every error says what it is about (the IDs travel as attributes, not only in the text), and
+carries the HTTP status the gateway maps it to.  Nothing here imports a web framework.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class VR1Error(Exception):
+    """Root of every error the platform raises on purpose."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, **ids: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.ids = ids
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as the JSON body the API returns."""
+        return {"error": self.code, "message": self.message, **self.ids}
+
+
+class NotFound(VR1Error):
+    status_code = 404
+    code = "not_found"
+
+
+class JobNotFound(NotFound):
+    def __init__(self, job_id: Any) -> None:
+        super().__init__(f"job {job_id} not found", job_id=str(job_id))
+
+
+class DatasetNotFound(NotFound):
+    def __init__(self, dataset_id: Any) -> None:
+        super().__init__(f"dataset {dataset_id} not found", dataset_id=str(dataset_id))
+
+
+class ItemNotFound(NotFound):
+    def __init__(self, item_id: Any) -> None:
+        super().__init__(f"item {item_id} not found", item_id=str(item_id))
+
+
+class TeamNotFound(NotFound):
+    def __init__(self, team: Any) -> None:
+        super().__init__(f"team {team} not found", team=str(team))
+
+
+class ArtifactNotFound(NotFound):
+    def __init__(self, uri: str) -> None:
+        super().__init__(f"artifact {uri} not found", uri=uri)
+
+
+class Unauthorized(VR1Error):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Conflict(VR1Error):
+    status_code = 409
+    code = "conflict"
+
+
+class InvalidInput(VR1Error):
+    """A request or a file that cannot be accepted as it is."""
+
+    status_code = 422
+    code = "invalid_input"
+
+
+class DatasetInvalid(InvalidInput):
+    """A dataset file with rows that fail validation; ``errors`` lists row and reason."""
+
+    code = "dataset_invalid"
+
+    def __init__(self, message: str, errors: list[dict[str, Any]], **ids: Any) -> None:
+        super().__init__(message, **ids)
+        self.errors = errors
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "errors": self.errors}
+
+
+class PayloadTooLarge(VR1Error):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class StorageError(VR1Error):
+    code = "storage_error"
+
+
+class UnsafePath(InvalidInput):
+    """A path that would leave the folder it must stay in."""
+
+    code = "unsafe_path"
+
+
+class EngineError(VR1Error):
+    """A model call failed; ``retryable`` says whether trying again may help."""
+
+    status_code = 502
+    code = "engine_error"
+
+    def __init__(self, message: str, *, retryable: bool = False, **ids: Any) -> None:
+        super().__init__(message, **ids)
+        self.retryable = retryable
+
+
+class ItemFailed(VR1Error):
+    """One item of a job cannot be processed; the job goes on without it."""
+
+    code = "item_failed"
+
+    def __init__(self, reason: str, *, item_id: Any = None, job_id: Any = None) -> None:
+        super().__init__(reason, item_id=str(item_id), job_id=str(job_id))
+        self.reason = reason
+
+
+class NotAvailable(VR1Error):
+    """A feature that this installation or this release does not provide."""
+
+    status_code = 501
+    code = "not_available"
