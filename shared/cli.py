@@ -20,9 +20,11 @@ app = typer.Typer(help="The Vision-R1 platform.", no_args_is_help=True, add_comp
 db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 admin_app = typer.Typer(help="Teams and API keys.", no_args_is_help=True)
 reward_app = typer.Typer(help="Reward scoring.", no_args_is_help=True)
+dataset_app = typer.Typer(help="Datasets in the embedded database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 app.add_typer(reward_app, name="reward")
+app.add_typer(dataset_app, name="dataset")
 
 
 class HttpRole(StrEnum):
@@ -168,9 +170,88 @@ def reward_score(reward: str = "hfrrf") -> None:
 
 
 @app.command()
-def run(spec: Path) -> None:
-    """Run a job spec in-process on embedded defaults (SQLite, local folder, no broker)."""
-    _fail("embedded job runs are not part of this release yet")
+def run(
+    spec: Annotated[Path, typer.Argument(help="A job spec as JSON (the 'spec' of POST /v1/jobs).")],
+    name: str | None = None,
+) -> None:
+    """Run a job in-process on embedded defaults (SQLite, local folder, no broker)."""
+    from pydantic import ValidationError
+
+    from shared.contracts.specs import parse_spec
+    from shared.runner import embedded, print_progress
+
+    try:
+        parsed = parse_spec(json.loads(spec.read_text()))
+    except (OSError, json.JSONDecodeError, ValidationError) as exc:
+        _fail(f"cannot use {spec}: {exc}")
+    platform = embedded(BaseVR1Settings())
+    platform.dispatcher.on_message = print_progress(platform)
+    job = platform.run(parsed, name=name)
+    typer.echo(
+        json.dumps(
+            {"job_id": str(job.id), "status": job.status, "error": job.error, "output": job.output},
+            indent=2,
+        )
+    )
+    if job.status != "succeeded":
+        raise typer.Exit(1)
+
+
+@dataset_app.command("register")
+def dataset_register(
+    path: Path,
+    name: Annotated[str, typer.Option(help="Dataset name (unique in the team).")],
+    kind: str = "source",
+    image_column: str = "image",
+    question_column: str = "question",
+    answer_column: str = "answer",
+    on_error: str = "reject",
+) -> None:
+    """Register a JSONL or Parquet file in the embedded database; prints its ID."""
+    from shared.contracts.api import ColumnMapping, DatasetCreate
+    from shared.datasets import register_dataset
+    from shared.runner import embedded
+
+    platform = embedded(BaseVR1Settings())
+    request = DatasetCreate.model_validate(
+        {
+            "name": name,
+            "kind": kind,
+            "path": str(path.resolve()),
+            "on_error": on_error,
+            "columns": ColumnMapping(
+                image=image_column, question=question_column, answer=answer_column
+            ).model_dump(),
+        }
+    )
+    team = platform.team()
+    with platform.db.session() as session:
+        dataset, skipped = register_dataset(
+            session,
+            team=team,
+            request=request,
+            roots=[path.resolve().parent],
+            store=platform.store,
+        )
+    for row in skipped:
+        typer.echo(f"skipped row {row.row}: {row.reason}", err=True)
+    typer.echo(str(dataset.id))
+
+
+@app.command("train-run", hidden=True)
+def train_run(job_id: str) -> None:
+    """Run one training job in this process (what launchers start)."""
+    from services.trainer.run import train_run as run_training
+    from services.trainer.settings import TrainerSettings
+    from shared.db.session import Dispatcher
+
+    settings = TrainerSettings()
+    dispatcher: Dispatcher | None = None
+    if settings.redis_url:
+        from shared.queue import CeleryDispatcher, make_celery
+
+        dispatcher = CeleryDispatcher(make_celery(settings.redis_url))
+    raise typer.Exit(run_training(settings, job_id, dispatcher))
 
 
 @app.command()

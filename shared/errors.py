@@ -126,3 +126,62 @@ class NotAvailable(VR1Error):
 
     status_code = 501
     code = "not_available"
+
+
+class UnknownReward(InvalidInput):
+    """A reward name that is not registered."""
+
+    code = "unknown_reward"
+
+    def __init__(self, reward: str, *, known: list[str]) -> None:
+        super().__init__(f"unknown reward {reward!r}; known: {', '.join(known)}", reward=reward)
+
+
+class BatchTooLarge(PayloadTooLarge):
+    """A scoring batch with more items than the service accepts."""
+
+    code = "batch_too_large"
+
+    def __init__(self, items: int, limit: int) -> None:
+        super().__init__(f"{items} items in one batch; the limit is {limit}", limit=limit)
+
+
+class CompletionTooLong(PayloadTooLarge):
+    """A completion longer than the service accepts; ``index`` is its place in the batch."""
+
+    code = "completion_too_long"
+
+    def __init__(self, index: int, chars: int, limit: int) -> None:
+        message = f"item {index}: completion of {chars} characters; the limit is {limit}"
+        super().__init__(message, index=index, limit=limit)
+
+
+class RewardServiceError(VR1Error):
+    """The reward service could not be reached or answered with an error."""
+
+    status_code = 502
+    code = "reward_service_error"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message, status=status)
+        self.status = status
+
+
+class EngineRequestFailed(EngineError):
+    """One request to a model engine failed; ``kind`` is a short machine-readable reason."""
+
+    code = "engine_request_failed"
+
+    def __init__(self, message: str, *, kind: str, retryable: bool = False, **ids: Any) -> None:
+        super().__init__(message, retryable=retryable, kind=kind, **ids)
+        self.kind = kind
+
+
+class ImageRejected(EngineRequestFailed):
+    """An input image that cannot be used: ``image_unreadable`` or ``image_too_large``."""
+
+    status_code = 422
+    code = "image_rejected"
+
+    def __init__(self, message: str, *, kind: str, image: str) -> None:
+        super().__init__(message, kind=kind, image=image)

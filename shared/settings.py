@@ -7,6 +7,7 @@ folder under ``./.vr1/``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -49,3 +50,10 @@ class BaseVR1Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no broker is configured: work runs in-process."""
         return not self.redis_url
+
+
+def secret_from_env(name: str) -> str | None:
+    """The value of the environment variable ``name`` (e.g. an API key), or None if unset."""
+    # The one direct environment read: secrets named in job specs are not settings fields.
+    value = os.environ.get(name)
+    return value or None

@@ -1,0 +1,163 @@
+"""The reasoner: reasoning call per item, then verification and post-processing.
+
+The text reasoning model sees the description, the question, the gold answer and the
+instruction, and returns a long CoT and a final answer.  Each result is then judged as
+the training sample it would become — ``<think>CoT</think><answer>answer</answer>``
+scored by the HFRRF rule — and kept only if the format and the answer are right and the
+CoT's own conclusion agrees with the answer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from services.reasoner.export import assemble
+from services.reasoner.postprocess import (
+    Candidate,
+    assistant_turn,
+    extract_final_answer,
+    precheck,
+    rewrite_wording,
+)
+from shared.coldstart import (
+    TERMINAL,
+    all_settled,
+    claim_completion,
+    ensure_records,
+    is_active,
+    load_job,
+    settle,
+)
+from shared.contracts.specs import ColdstartSpec
+from shared.db.models import GenerationRecord, Item
+from shared.db.session import Database
+from shared.engines import make_engine
+from shared.engines.base import Engine
+from shared.generation import StepPlan, run_step
+from shared.prompts import template_for
+from shared.rewards import ScoreItem, Scorer, consistency, default_scorer, score
+from shared.storage import ArtifactStore
+
+
+def _store_reasoning(
+    _session: Session, record: GenerationRecord, _item: Item, output: dict[str, Any]
+) -> None:
+    content = output.get("text") or ""
+    record.reasoning = (output.get("reasoning") or "").strip()
+    record.final_answer = extract_final_answer(content)
+    record.step = "reasoned"
+    record.latency = {**record.latency, "reasoning": output.get("latency_s", 0.0)}
+    record.tokens = {
+        **record.tokens,
+        "reasoning": {**record.tokens.get("reasoning", {}), "finish": output.get("finish_reason")},
+    }
+
+
+def plan(spec: ColdstartSpec) -> StepPlan:
+    """The reasoning step: description + question + gold answer + instruction."""
+    template = template_for("reasoning", spec.prompts.reasoning)
+    return StepPlan(
+        step="reasoning",
+        engine_spec=spec.reasoner,
+        template=template,
+        needs=lambda r: r.step == "described",
+        inputs=lambda r, i: (
+            template.render(description=r.description or "", question=i.question, answer=i.answer),
+            (),
+        ),
+        apply=_store_reasoning,
+    )
+
+
+def _candidate(record: GenerationRecord) -> Candidate:
+    finish = (record.tokens.get("reasoning") or {}).get("finish") or ""
+    return Candidate(record.reasoning or "", record.final_answer or "", finish)
+
+
+def judge(
+    session: Session,
+    spec: ColdstartSpec,
+    records: list[tuple[GenerationRecord, Item]],
+    scorer: Scorer,
+) -> None:
+    """Settle every reasoned record: kept, or rejected with its reason."""
+    filters = spec.filters
+    pending: list[tuple[GenerationRecord, Item, str]] = []
+    for record, item in records:
+        candidate = _candidate(record)
+        reason = precheck(
+            candidate, max_cot_chars=filters.max_cot_chars, reject_leaks=filters.reject_answer_leaks
+        )
+        if reason:
+            settle(session, record, "rejected", reason=reason)
+            continue
+        cot = (
+            rewrite_wording(candidate.cot) if filters.rewrite_description_wording else candidate.cot
+        )
+        record.reasoning = cot
+        pending.append((record, item, assistant_turn(cot, candidate.final_answer)))
+    items = [ScoreItem(completion=turn, answer=item.answer) for _, item, turn in pending]
+    results = score("hfrrf", items, scorer=scorer) if items else []
+    for (record, _item, turn), result in zip(pending, results, strict=True):
+        record.verdict = result.answer_ok
+        if result.reward is None:
+            settle(session, record, "rejected", reason="no_verdict", error=result.reason)
+        elif not result.format_ok:
+            settle(session, record, "rejected", reason="bad_format", error=result.reason)
+        elif not result.answer_ok:
+            settle(session, record, "rejected", reason="wrong_answer", error=result.extracted)
+        elif filters.reject_inconsistent and consistency(turn) is False:
+            settle(session, record, "rejected", reason="inconsistent")
+        else:
+            settle(session, record, "kept")
+
+
+def reason_chunk(
+    db: Database,
+    store: ArtifactStore,
+    job_id: str,
+    item_ids: list[str],
+    *,
+    engine: Engine | None = None,
+    scorer: Scorer | None = None,
+) -> None:
+    """Reason, verify and settle a chunk; the last chunk to finish assembles the dataset."""
+    with db.session() as session:
+        job, spec = load_job(session, job_id)
+        if not is_active(job):
+            return
+    engine = engine or make_engine(spec.reasoner)
+    if not run_step(
+        db,
+        job_id=job_id,
+        item_ids=item_ids,
+        plan=plan(spec),
+        engine=engine,
+        max_attempts=spec.max_attempts,
+    ):
+        return
+    with db.session() as session:
+        job, spec = load_job(session, job_id)
+        records = [
+            (r, i)
+            for r, i in ensure_records(session, job.id, item_ids)
+            if r.status not in TERMINAL and r.step == "reasoned"
+        ]
+        judge(session, spec, records, scorer or default_scorer())
+    finish_if_complete(db, store, job_id)
+
+
+def finish_if_complete(db: Database, store: ArtifactStore, job_id: str) -> bool:
+    """Assemble the output once every item is settled; exactly one caller does it."""
+    with db.session() as session:
+        job, spec = load_job(session, job_id)
+        if not is_active(job) or not all_settled(session, job):
+            return False
+        if not claim_completion(session, uuid.UUID(job_id)):
+            return False
+        session.refresh(job)
+        assemble(session, store, job, spec)
+    return True

@@ -1,0 +1,94 @@
+"""Trainer callbacks shared by SFT and GRPO: cancellation and metric hand-off."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from shared.errors import VR1Error
+
+LogFn = Callable[[int, dict[str, float]], None]
+StopFn = Callable[[], bool]
+
+
+class TrainingStopped(VR1Error):
+    """A run stopped on request before its last step; ``step`` is where it stopped."""
+
+    status_code = 409
+    code = "training_stopped"
+
+    def __init__(self, step: int, checkpoint: str | None = None) -> None:
+        super().__init__(f"training stopped at step {step}", step=step, checkpoint=checkpoint)
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class StopWhenAsked(TrainerCallback):  # type: ignore[misc]
+    """Poll ``should_stop`` after every step; on True, save a checkpoint and end training."""
+
+    def __init__(self, should_stop: StopFn) -> None:
+        self.should_stop = should_stop
+        self.stopped_at: int | None = None
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> TrainerControl:
+        if self.should_stop():
+            self.stopped_at = state.global_step
+            control.should_save = True  # so a later run can resume from exactly here
+            control.should_training_stop = True
+        return control
+
+
+def finite_floats(logs: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of a trainer log, NaN and None dropped."""
+    out = {}
+    for key, value in logs.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+            if not math.isnan(number):
+                out[key] = number
+    return out
+
+
+class StepTimer(TrainerCallback):  # type: ignore[misc]
+    """Wall time of the last optimizer step (generation, scoring and update included)."""
+
+    def __init__(self) -> None:
+        self._start = time.perf_counter()
+        self.last_step_s = 0.0
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self._start = time.perf_counter()
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.last_step_s = time.perf_counter() - self._start
+
+
+class ForwardLogs(TrainerCallback):  # type: ignore[misc]
+    """Hand each per-step training log to ``on_log`` as (step, chosen metrics)."""
+
+    def __init__(self, sink: LogFn, keys: tuple[str, ...]) -> None:
+        self.sink = sink  # not `self.on_log`: that would shadow the callback method
+        self.keys = keys
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
+        values = finite_floats(logs or {})
+        if "loss" not in values:  # the end-of-training summary log, not a step
+            return
+        self.sink(state.global_step, {k: values[k] for k in self.keys if k in values})

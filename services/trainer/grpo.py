@@ -1,0 +1,191 @@
+"""One PTST stage = one TRL GRPOTrainer run, started from the previous stage's weights.
+
+TRL cannot change the completion cap or the group size inside a run, so Progressive
+Thinking Suppression Training is a sequence of these calls, each with its own cap
+(``max_completion_tokens``), group size and step count; the caller passes the previous
+stage's ``final`` folder as ``model_dir``.  Per step, ``on_step`` receives what the
+completions looked like (from a zero-weight recording reward) with the loss and KL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from datasets import Dataset
+from transformers import PrinterCallback, TrainerCallback, TrainerControl, TrainerState, set_seed
+from transformers import TrainingArguments as Args
+from trl import GRPOConfig, GRPOTrainer
+
+from services.trainer.callbacks import LogFn, StepTimer, StopFn, StopWhenAsked, TrainingStopped
+from services.trainer.callbacks import finite_floats as floats
+from services.trainer.data import PromptRow, grpo_records
+from services.trainer.models import Policy, freeze_vision, load_policy, save_policy
+from services.trainer.models import vision_token_ids as suppressed_ids
+from services.trainer.rollouts import RolloutRecorder
+from shared.contracts.specs import GrpoOptions, StageSpec
+from shared.errors import InvalidInput
+from shared.rewards import Scorer, default_scorer
+
+RewardFn = Callable[..., Sequence[float | None]]
+
+
+def completions_per_step(stage: StageSpec, options: GrpoOptions) -> tuple[int, int]:
+    """(prompts, completions) per optimizer step for this stage."""
+    prompts = stage.prompts_per_step or options.prompts_per_step
+    return prompts, prompts * stage.group_size
+
+
+def grpo_config(
+    stage: StageSpec,
+    options: GrpoOptions,
+    out_dir: Path,
+    *,
+    suppress: list[int],
+    checkpoint_every: int | None,
+) -> GRPOConfig:
+    """TRL settings for one stage: the stage's cap, group and overrides on the shared options."""
+    _, completions = completions_per_step(stage, options)
+    processes = PartialState().num_processes
+    if completions % processes:
+        raise InvalidInput(f"{completions} completions per step do not split over {processes}")
+    on_gpu = torch.cuda.is_available()
+    return GRPOConfig(
+        output_dir=str(out_dir),
+        max_steps=stage.steps,
+        # One generation batch per optimizer step: every step sees prompts x group fresh
+        # completions and updates once on them (on-policy, as in the paper).
+        per_device_train_batch_size=completions // processes,
+        generation_batch_size=completions,
+        gradient_accumulation_steps=1,
+        num_iterations=1,
+        num_generations=stage.group_size,
+        max_completion_length=stage.max_completion_tokens,
+        temperature=stage.temperature or options.temperature,
+        top_p=options.top_p,
+        generation_kwargs={"suppress_tokens": suppress},
+        learning_rate=stage.learning_rate or options.learning_rate,
+        lr_scheduler_type=options.lr_scheduler,  # restarts per stage: each stage is a new run
+        warmup_steps=0,
+        epsilon=options.epsilon,
+        beta=options.beta if stage.beta is None else stage.beta,  # > 0 loads a reference model
+        loss_type=options.loss_type,
+        use_vllm=options.rollout_engine == "vllm",
+        vllm_mode="colocate",
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=on_gpu,  # on CPU it only costs time
+        seed=options.seed,
+        data_seed=options.seed,
+        logging_steps=1,
+        save_strategy="steps" if checkpoint_every else "no",
+        save_steps=checkpoint_every or 500,
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
+class StepMetrics(TrainerCallback):  # type: ignore[misc]
+    """Join the recorder's rollout figures with TRL's reward, loss and KL for ``on_step``."""
+
+    def __init__(self, sink: LogFn, recorder: RolloutRecorder, timer: StepTimer) -> None:
+        self.sink, self.recorder, self.timer = sink, recorder, timer
+
+    def on_log(
+        self,
+        args: Args,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
+        values = floats(logs or {})
+        if "loss" not in values:  # the end-of-training summary, not a step
+            return
+        metrics = {
+            "reward_mean": values.get("reward", 0.0),
+            **self.recorder.pop(),
+            "kl": values.get("kl", 0.0),  # TRL measures KL only when beta > 0
+            "loss": values["loss"],
+            "learning_rate": values.get("learning_rate", 0.0),
+            "step_time_s": self.timer.last_step_s,
+        }
+        self.sink(state.global_step, metrics)
+
+
+def build_grpo_trainer(
+    model_dir: Path,
+    prompts: list[PromptRow],
+    stage: StageSpec,
+    options: GrpoOptions,
+    out_dir: Path,
+    *,
+    reward_funcs: list[RewardFn],
+    scorer: Scorer | None = None,
+    checkpoint_every: int | None = None,
+) -> tuple[GRPOTrainer, Policy, RolloutRecorder]:
+    """A GRPOTrainer for one stage, the policy it trains, and its rollout recorder."""
+    set_seed(options.seed)
+    policy = load_policy(model_dir)
+    if policy.vision and options.freeze_vision:
+        freeze_vision(policy.model)
+    records = grpo_records(prompts, vision=policy.vision, system_prompt=options.system_prompt)
+    recorder = RolloutRecorder(stage.max_completion_tokens, scorer or default_scorer())
+    args = grpo_config(
+        stage,
+        options,
+        out_dir,
+        suppress=suppressed_ids(policy.tokenizer),
+        checkpoint_every=checkpoint_every,
+    )
+    args.reward_weights = [1.0] * len(reward_funcs) + [0.0]  # the recorder only watches
+    trainer = GRPOTrainer(
+        model=policy.model,
+        reward_funcs=[*reward_funcs, recorder],
+        args=args,
+        train_dataset=Dataset.from_list(records),
+        processing_class=policy.processing_class,
+    )
+    recorder.eos_ids = set(trainer.eos_token_ids)
+    trainer.remove_callback(PrinterCallback)  # metrics go to on_step, not to stdout
+    return trainer, policy, recorder
+
+
+def run_grpo_stage(
+    model_dir: Path,
+    prompts: list[PromptRow],
+    stage: StageSpec,
+    options: GrpoOptions,
+    out_dir: Path,
+    *,
+    reward_funcs: list[RewardFn],
+    on_step: LogFn | None = None,
+    should_stop: StopFn | None = None,
+    resume_from: Path | None = None,
+    checkpoint_every: int | None = None,
+    scorer: Scorer | None = None,
+) -> Path:
+    """Train one PTST stage from ``model_dir``; save to ``out_dir/final`` and return it."""
+    trainer, policy, recorder = build_grpo_trainer(
+        model_dir,
+        prompts,
+        stage,
+        options,
+        out_dir,
+        reward_funcs=reward_funcs,
+        scorer=scorer,
+        checkpoint_every=checkpoint_every,
+    )
+    timer = StepTimer()
+    trainer.add_callback(timer)
+    if on_step is not None:
+        trainer.add_callback(StepMetrics(on_step, recorder, timer))
+    stopper = StopWhenAsked(should_stop) if should_stop is not None else None
+    if stopper is not None:
+        trainer.add_callback(stopper)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if stopper is not None and stopper.stopped_at is not None:
+        raise TrainingStopped(stopper.stopped_at, str(out_dir / f"checkpoint-{stopper.stopped_at}"))
+    return save_policy(policy, out_dir / "final")

@@ -1,0 +1,91 @@
+"""Loading a policy (vision-language or text-only) with what training needs around it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    PreTrainedModel,
+)
+
+from shared.fixtures.qwen_processor import register_processor
+
+# Vision tower and projector: Qwen2.5-VL keeps both under `visual` (the projector is
+# `visual.merger`); other families name them as below.
+VISION_MODULE_MARKERS = ("visual.", "vision_tower.", "vision_model.", "multi_modal_projector.")
+VISION_TOKENS = (
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+
+@dataclass
+class Policy:
+    """A loaded model, its processor (or tokenizer), and whether it reads images."""
+
+    model: PreTrainedModel
+    processing_class: Any
+    vision: bool
+
+    @property
+    def tokenizer(self) -> Any:
+        """The text tokenizer, whether the processing class is a processor or a tokenizer."""
+        return getattr(self.processing_class, "tokenizer", self.processing_class)
+
+
+def is_vision_model(model_dir: Path) -> bool:
+    """True when the saved config has a vision part."""
+    config = AutoConfig.from_pretrained(model_dir)
+    return getattr(config, "vision_config", None) is not None
+
+
+def load_policy(model_dir: Path, *, dtype: torch.dtype = torch.float32) -> Policy:
+    """Load a model and its processing class from a saved folder, through the Auto classes."""
+    if is_vision_model(model_dir):
+        register_processor()  # without it AutoProcessor silently returns only the tokenizer
+        processor = AutoProcessor.from_pretrained(model_dir)
+        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype)
+        return Policy(model, processor, vision=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    return Policy(model, tokenizer, vision=False)
+
+
+def is_vision_parameter(name: str) -> bool:
+    """Whether a parameter belongs to the vision tower or the projector."""
+    return any(marker in name for marker in VISION_MODULE_MARKERS)
+
+
+def freeze_vision(model: torch.nn.Module) -> list[str]:
+    """Stop gradients into the vision tower and projector; return the frozen names."""
+    frozen = []
+    for name, param in model.named_parameters():
+        if is_vision_parameter(name):
+            param.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def vision_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of image/video placeholder tokens, which must never be sampled."""
+    ids = [tokenizer.convert_tokens_to_ids(token) for token in VISION_TOKENS]
+    return [i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id]
+
+
+def save_policy(policy: Policy, out_dir: Path) -> Path:
+    """Save weights and the processing class with ``save_pretrained``; return the folder."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    policy.model.save_pretrained(out_dir)
+    policy.processing_class.save_pretrained(out_dir)
+    return out_dir

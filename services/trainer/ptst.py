@@ -1,0 +1,123 @@
+"""PTST: GRPO in stages, each a TRL run with its own completion cap and group size.
+
+TRL cannot change the completion length or the group size inside one run, so the
+platform orchestrates: stage k starts from stage k-1's final weights, each stage's
+state lives in its ``stages`` row (pending → running → succeeded), and a relaunched run
+skips finished stages and resumes the current one from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from services.trainer.callbacks import TrainingStopped
+from services.trainer.grpo import run_grpo_stage
+from services.trainer.inputs import prompt_rows
+from services.trainer.settings import TrainerSettings
+from services.trainer.tracking import Tracker, latest_checkpoint, local_model_path
+from shared.contracts.specs import GrpoSpec, StageSpec
+from shared.db.models import Metric, utcnow
+
+SUMMARY_KEYS = (
+    "reward_mean",
+    "accuracy",
+    "format_rate",
+    "completion_len_mean",
+    "completion_len_max",
+    "truncated_frac",
+    "consistency",
+    "kl",
+    "step_time_s",
+)
+
+
+def stage_name(idx: int, stage: StageSpec) -> str:
+    """A stage's display name: its own, or 'stage-N <cap>x<group>'."""
+    return stage.name or f"stage-{idx + 1} {stage.max_completion_tokens}x{stage.group_size}"
+
+
+def reward_funcs(spec: GrpoSpec) -> list[Any]:
+    """The job's reward by name: over HTTP when a service URL is set, else in-process."""
+    if spec.reward_url:
+        from shared.reward_client import as_trl_reward
+
+        return [as_trl_reward(spec.reward, base_url=spec.reward_url)]
+    from shared.rewards import reward_fn
+
+    return [reward_fn(spec.reward)]
+
+
+def summarize(tracker: Tracker, idx: int, last: int = 10) -> dict[str, float]:
+    """Means of the stage's last steps, and its step count."""
+    with tracker.db.session() as session:
+        rows = session.scalars(
+            select(Metric).where(Metric.job_id == tracker.job_id, Metric.stage_idx == idx)
+        )
+        series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        for row in rows:
+            series[row.name].append((row.step, row.value))
+    summary = {"steps": float(max((s for s, _ in series.get("loss", [])), default=0))}
+    for key in SUMMARY_KEYS:
+        values = [v for _, v in sorted(series.get(key, []))][-last:]
+        if values:
+            summary[key] = statistics.fmean(values)
+    return summary
+
+
+def run_grpo_job(tracker: Tracker, settings: TrainerSettings, spec: GrpoSpec) -> dict[str, object]:
+    """Run every unfinished stage in order; returns the last checkpoint and stage summaries."""
+    configs = [(stage_name(i, s), s.model_dump(mode="json")) for i, s in enumerate(spec.stages)]
+    rows = tracker.ensure_stages(configs)
+    prompts = prompt_rows(tracker.db, tracker.store, spec.dataset_id)
+    weights = local_model_path(tracker.store, spec.model)
+    funcs = reward_funcs(spec)
+    summaries = []
+    for idx, stage in enumerate(spec.stages):
+        row = rows[idx]
+        if row.status == "succeeded" and row.checkpoint_uri:
+            weights = local_model_path(tracker.store, row.checkpoint_uri)  # never redone
+            summaries.append(row.summary)
+            continue
+        out_dir = tracker.workdir / f"stage-{idx}"
+        resume = latest_checkpoint(out_dir)
+        tracker.start_stage(idx, resume)
+        tracker.update_stage(idx, summary={"initial_weights": str(weights)})
+        try:
+            final = run_grpo_stage(
+                weights,
+                prompts,
+                stage,
+                spec,
+                out_dir,
+                reward_funcs=funcs,
+                on_step=partial(tracker.log, idx),
+                should_stop=tracker.should_stop,
+                resume_from=resume,
+                checkpoint_every=settings.checkpoint_every,
+            )
+        except TrainingStopped as stopped:
+            tracker.update_stage(idx, status="cancelled", summary={"stopped_at_step": stopped.step})
+            raise
+        uri = tracker.save_artifact(
+            final,
+            f"runs/{tracker.job_id}/checkpoints/stage-{idx}",
+            kind="checkpoint",
+            name=stage_name(idx, stage),
+            stage=idx,
+        )
+        summary = {**summarize(tracker, idx), "initial_weights": str(weights)}
+        tracker.update_stage(
+            idx, status="succeeded", finished_at=utcnow(), checkpoint_uri=uri, summary=summary
+        )
+        summaries.append(summary)
+        weights = Path(final)
+    return {
+        "checkpoint_uri": rows[-1].checkpoint_uri or tracker.stage(len(rows) - 1).checkpoint_uri,
+        "stages": summaries,
+    }

@@ -1,0 +1,162 @@
+"""What a training run writes about itself: heartbeat, stage rows, metrics, artifacts.
+
+The run process is the only writer of its job's stage state; the watcher reads the
+heartbeat to tell a live run from a lost one.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from sqlalchemy import delete, select, update
+
+from shared.db.models import Artifact, Job, Metric, Stage, utcnow
+from shared.db.session import Database
+from shared.storage import ArtifactStore
+
+
+class Heartbeat:
+    """Stamps the job's heartbeat from a background thread while the run lives."""
+
+    def __init__(self, db: Database, job_id: uuid.UUID, interval_s: float) -> None:
+        self.db, self.job_id, self.interval_s = db, job_id, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        """One heartbeat now."""
+        with self.db.session() as session:
+            session.execute(update(Job).where(Job.id == self.job_id).values(heartbeat_at=utcnow()))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.beat()
+
+    def __enter__(self) -> Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval_s + 5)
+
+
+@dataclass
+class Tracker:
+    """The run's handle on its job: stages, metrics, cancellation, artifacts."""
+
+    db: Database
+    store: ArtifactStore
+    job_id: uuid.UUID
+    team_id: uuid.UUID
+    workdir: Path
+    cached_cancel: bool = field(default=False)
+
+    def should_stop(self) -> bool:
+        """Whether the job was cancelled (asked once per training step)."""
+        if not self.cached_cancel:
+            with self.db.session() as session:
+                self.cached_cancel = bool(
+                    session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
+                )
+        return self.cached_cancel
+
+    def ensure_stages(self, configs: list[tuple[str, dict[str, Any]]]) -> list[Stage]:
+        """The job's stage rows, created on the first launch and reused afterwards."""
+        with self.db.session() as session:
+            existing = {
+                s.idx: s for s in session.scalars(select(Stage).where(Stage.job_id == self.job_id))
+            }
+            for idx, (name, config) in enumerate(configs):
+                if idx not in existing:
+                    existing[idx] = Stage(job_id=self.job_id, idx=idx, name=name, config=config)
+                    session.add(existing[idx])
+            session.flush()
+            return [existing[i] for i in sorted(existing)]
+
+    def stage(self, idx: int) -> Stage:
+        """A fresh copy of one stage row."""
+        with self.db.session() as session:
+            row = session.scalar(select(Stage).where(Stage.job_id == self.job_id, Stage.idx == idx))
+            assert row is not None
+            return row
+
+    def update_stage(self, idx: int, **values: Any) -> None:
+        """Change a stage row."""
+        with self.db.session() as session:
+            session.execute(
+                update(Stage).where(Stage.job_id == self.job_id, Stage.idx == idx).values(**values)
+            )
+
+    def start_stage(self, idx: int, resume_from: Path | None) -> None:
+        """Mark a stage running; on a resume, drop metrics past the checkpoint (redone)."""
+        values: dict[str, Any] = {"status": "running", "resume_checkpoint": None}
+        if resume_from is not None:
+            values["resume_checkpoint"] = str(resume_from)
+            step = int(resume_from.name.rsplit("-", 1)[-1])
+            with self.db.session() as session:
+                session.execute(
+                    delete(Metric).where(
+                        Metric.job_id == self.job_id, Metric.stage_idx == idx, Metric.step > step
+                    )
+                )
+        if self.stage(idx).started_at is None:
+            values["started_at"] = utcnow()
+        self.update_stage(idx, **values)
+
+    def log(self, stage_idx: int | None, step: int, values: dict[str, float]) -> None:
+        """One step's metrics; non-finite values are left out."""
+        rows = [
+            Metric(job_id=self.job_id, stage_idx=stage_idx, step=step, name=k, value=float(v))
+            for k, v in values.items()
+            if isinstance(v, int | float) and math.isfinite(v)
+        ]
+        with self.db.session() as session:
+            session.add_all(rows)
+            session.execute(update(Job).where(Job.id == self.job_id).values(heartbeat_at=utcnow()))
+
+    def save_artifact(self, source: Path, key: str, *, kind: str, name: str, **meta: Any) -> str:
+        """Store a file or folder under the job's artifacts and register it."""
+        stored = (
+            self.store.put_tree(source, key)
+            if source.is_dir()
+            else self.store.put_file(source, key)
+        )
+        with self.db.session() as session:
+            session.add(
+                Artifact(
+                    team_id=self.team_id,
+                    job_id=self.job_id,
+                    kind=kind,
+                    name=name,
+                    uri=stored.uri,
+                    size_bytes=stored.size_bytes,
+                    checksum=stored.checksum,
+                    meta=meta,
+                )
+            )
+        return stored.uri
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete ``checkpoint-N`` folder a crashed attempt left, if any."""
+    found = []
+    for path in out_dir.glob("checkpoint-*"):
+        suffix = path.name.rsplit("-", 1)[-1]
+        if suffix.isdigit() and (path / "trainer_state.json").exists():
+            found.append((int(suffix), path))
+    return max(found)[1] if found else None
+
+
+def local_model_path(store: ArtifactStore, ref: str) -> Path:
+    """A model reference (folder, file:// artifact URI) as a local folder."""
+    if ref.startswith("file://"):
+        return Path(unquote(urlparse(ref).path))
+    return Path(ref)

@@ -1,0 +1,130 @@
+"""Launching runs and watching them: a silent run is relaunched, a cancelled one stopped.
+
+A run proves it is alive by its heartbeat.  When the heartbeat is older than
+``stale_after_s``, the watcher asks the launcher; whatever the answer, the old attempt
+is stopped and a new one launched (it resumes from the last checkpoint of its current
+stage), until ``max_launches`` is reached and the job fails with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+
+from services.trainer.launcher import Launcher, LaunchRequest, run_command
+from services.trainer.settings import TrainerSettings
+from shared.contracts.specs import parse_spec
+from shared.db.models import Job, Run, utcnow
+from shared.db.session import Database
+from shared.storage import open_store
+
+log = logging.getLogger(__name__)
+TRAINING_KINDS = ("sft", "grpo", "eval")
+
+
+def settings_env(settings: TrainerSettings) -> dict[str, str]:
+    """The environment a run needs to reach the same database, store and broker."""
+    env = {
+        "VR1_HOME": str(settings.home.resolve()),
+        "VR1_DATABASE_URL": settings.resolved_database_url,
+        "VR1_ARTIFACT_URI": settings.resolved_artifact_uri,
+        "VR1_REDIS_URL": settings.redis_url,
+        "VR1_HEARTBEAT_INTERVAL_S": str(settings.heartbeat_interval_s),
+        "VR1_CHECKPOINT_EVERY": str(settings.checkpoint_every),
+    }
+    if settings.torch_threads:
+        env["VR1_TORCH_THREADS"] = str(settings.torch_threads)
+    return env
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
+
+
+def launch(db: Database, launcher: Launcher, settings: TrainerSettings, job_id: str) -> str | None:
+    """Start a new attempt of a training job; None when there is nothing to run."""
+    with db.session() as session:
+        job = session.get(Job, uuid.UUID(job_id))
+        if job is None or job.cancel_requested or job.status not in ("queued", "running"):
+            return None
+        attempts = session.scalar(select(func.count()).where(Run.job_id == job.id)) or 0
+        if attempts >= settings.max_launches:
+            job.status, job.finished_at = "failed", utcnow()
+            job.error = f"the run was lost {attempts} times; gave up"
+            return None
+        run = Run(job_id=job.id, attempt=attempts + 1, launcher=launcher.name, status="starting")
+        session.add(run)
+        job.heartbeat_at = utcnow()  # the new attempt gets a full grace period
+        distributed = getattr(parse_spec(job.spec), "distributed", None)
+    store = open_store(settings.resolved_artifact_uri)
+    command = run_command(
+        job_id,
+        num_processes=distributed.num_processes if distributed else 1,
+        num_machines=distributed.num_machines if distributed else 1,
+        accelerate_config=distributed.accelerate_config if distributed else None,
+    )
+    processes = distributed.num_processes if distributed else 1
+    request = LaunchRequest(
+        job_id=job_id,
+        attempt=run.attempt,
+        command=command,
+        gpus=processes * settings.gpus_per_process,
+        env=settings_env(settings),
+        log_dir=store.local_path(store.uri_for(f"runs/{job_id}/logs")),
+    )
+    handle = launcher.launch(request)
+    with db.session() as session:
+        stored = session.get(Run, run.id)
+        assert stored is not None
+        stored.handle, stored.status = handle, "running"
+    log.info("launched job %s attempt %s as %s", job_id, run.attempt, handle)
+    return handle
+
+
+def watch_once(db: Database, launcher: Launcher, settings: TrainerSettings) -> list[str]:
+    """One pass: stop runs of cancelled jobs, relaunch silent ones; returns relaunched IDs."""
+    stale_before = datetime.now(UTC) - timedelta(seconds=settings.stale_after_s)
+    relaunch: list[str] = []
+    with db.session() as session:
+        runs = session.execute(
+            select(Run, Job)
+            .join(Job, Job.id == Run.job_id)
+            .where(Run.status == "running", Job.kind.in_(TRAINING_KINDS))
+        ).all()
+        for run, job in runs:
+            state = launcher.status(run.handle)
+            if job.status not in ("queued", "running"):
+                if state.phase in ("running", "pending"):
+                    launcher.stop(run.handle)
+                run.status, run.ended_at = "ended", utcnow()
+                continue
+            beat = _aware(job.heartbeat_at) or _aware(run.started_at)
+            if state.phase in ("succeeded", "failed", "unknown") or (beat and beat < stale_before):
+                if state.phase in ("running", "pending"):
+                    launcher.stop(run.handle)
+                run.status, run.ended_at, run.exit_code = "lost", utcnow(), state.exit_code
+                relaunch.append(str(job.id))
+    for job_id in relaunch:
+        log.warning("job %s: run lost or silent; relaunching", job_id)
+        launch(db, launcher, settings, job_id)
+    return relaunch
+
+
+class Watcher(threading.Thread):
+    """Runs ``watch_once`` every ``watch_interval_s`` until stopped."""
+
+    def __init__(self, db: Database, launcher: Launcher, settings: TrainerSettings) -> None:
+        super().__init__(name="run-watcher", daemon=True)
+        self.db, self.launcher, self.settings = db, launcher, settings
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.settings.watch_interval_s):
+            try:
+                watch_once(self.db, self.launcher, self.settings)
+            except Exception:  # the watcher must outlive any one bad pass
+                log.exception("watch pass failed")

@@ -1,0 +1,173 @@
+"""Cold-start bookkeeping shared by the captioner and the reasoner.
+
+Every write is idempotent per (job, item, step): records are created with
+insert-or-ignore, a step with a stored result is never redone, an item reaches a
+terminal state once (the progress counters move only on that transition), and engine
+outputs are cached by everything that determines them, so a redelivered message or a
+re-run of the same job pays for nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Update, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from shared.contracts.specs import ColdstartSpec, EngineSpec, parse_spec
+from shared.db.models import GenerationCache, GenerationRecord, Item, Job, utcnow
+from shared.errors import JobNotFound
+from shared.jobs import add_counters
+
+# A record's step says how far its item got; its status says whether it is settled.
+STEPS = ("pending", "captioned", "described", "reasoned")
+TERMINAL = ("kept", "rejected", "failed")
+
+
+def _insert(session: Session, model: type[Any]) -> Any:
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
+
+
+def _rowcount(session: Session, statement: Update) -> int:
+    """How many rows a conditional UPDATE changed (the atomic test-and-set)."""
+    result = cast(CursorResult[Any], session.execute(statement))
+    return int(result.rowcount)
+
+
+def load_job(session: Session, job_id: str) -> tuple[Job, ColdstartSpec]:
+    """A coldstart job and its spec; raises JobNotFound."""
+    job = session.get(Job, uuid.UUID(job_id))
+    if job is None:
+        raise JobNotFound(job_id)
+    spec = parse_spec(job.spec)
+    assert isinstance(spec, ColdstartSpec), f"job {job_id} is a {job.kind} job"
+    return job, spec
+
+
+def is_active(job: Job) -> bool:
+    """Whether work for this job should go on (not cancelled, not finished)."""
+    return not job.cancel_requested and job.status in ("queued", "running")
+
+
+def mark_running(session: Session, job_id: uuid.UUID) -> None:
+    """queued → running, once."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(status="running", started_at=utcnow())
+    )
+
+
+def ensure_records(
+    session: Session, job_id: uuid.UUID, item_ids: Sequence[str]
+) -> list[tuple[GenerationRecord, Item]]:
+    """The chunk's records (created if missing) with their items, in chunk order."""
+    ids = [uuid.UUID(i) for i in item_ids]
+    rows = [{"job_id": job_id, "item_id": i, "updated_at": utcnow()} for i in ids]
+    if rows:
+        session.execute(_insert(session, GenerationRecord).values(rows).on_conflict_do_nothing())
+    found = session.execute(
+        select(GenerationRecord, Item)
+        .join(Item, Item.id == GenerationRecord.item_id)
+        .where(GenerationRecord.job_id == job_id, GenerationRecord.item_id.in_(ids))
+    ).all()
+    by_item = {item.id: (record, item) for record, item in found}
+    return [by_item[i] for i in ids if i in by_item]
+
+
+def cache_key(
+    step: str, engine: EngineSpec, prompt_version: str, prompt: str, images: Iterable[str]
+) -> str:
+    """Everything that determines an engine output, hashed."""
+    material = {
+        "step": step,
+        "engine": engine.engine,
+        "model": engine.model,
+        "generation": engine.generation.model_dump(mode="json"),
+        "prompt_version": prompt_version,
+        "prompt": prompt,
+        "images": list(images),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def cache_get(session: Session, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Cached outputs for the keys that have one."""
+    wanted = list(set(keys))
+    if not wanted:
+        return {}
+    rows = session.scalars(select(GenerationCache).where(GenerationCache.key.in_(wanted)))
+    return {row.key: row.output for row in rows}
+
+
+def cache_put(session: Session, key: str, step: str, output: dict[str, Any]) -> None:
+    """Keep an engine output; a concurrent writer of the same key wins harmlessly."""
+    statement = _insert(session, GenerationCache).values(
+        key=key, step=step, output=output, created_at=utcnow()
+    )
+    session.execute(statement.on_conflict_do_nothing())
+
+
+def settle(
+    session: Session,
+    record: GenerationRecord,
+    status: str,
+    *,
+    reason: str | None = None,
+    error: str | None = None,
+) -> bool:
+    """Move a record to a terminal status once; progress counters follow that move only."""
+    assert status in TERMINAL
+    moved = _rowcount(
+        session,
+        update(GenerationRecord)
+        .where(GenerationRecord.id == record.id, GenerationRecord.status.not_in(TERMINAL))
+        .values(status=status, reject_reason=reason, error=error, updated_at=utcnow()),
+    )
+    if moved:
+        counter = "items_failed" if status == "failed" else "items_done"
+        add_counters(session, record.job_id, **{counter: 1})
+        session.expire(record)
+    return bool(moved)
+
+
+def record_attempt_failure(
+    session: Session, record: GenerationRecord, *, reason: str, max_attempts: int
+) -> bool:
+    """Count a failed try; settle the item as failed once its tries are used up."""
+    record.attempts += 1
+    record.error = reason
+    if record.attempts >= max_attempts:
+        return settle(session, record, "failed", reason=reason.split(":", 1)[0], error=reason)
+    return False
+
+
+def all_settled(session: Session, job: Job) -> bool:
+    """Whether every item of the job has reached a terminal status."""
+    settled = session.scalar(
+        select(func.count())
+        .select_from(GenerationRecord)
+        .where(GenerationRecord.job_id == job.id, GenerationRecord.status.in_(TERMINAL))
+    )
+    return (settled or 0) >= job.items_total
+
+
+def claim_completion(session: Session, job_id: uuid.UUID) -> bool:
+    """running → succeeded for exactly one caller; the row lock serialises contenders.
+
+    The caller assembles the output inside the same transaction, so a crash mid-way
+    rolls the claim back and a redelivered message assembles again.
+    """
+    claimed = _rowcount(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running")
+        .values(status="succeeded", finished_at=utcnow()),
+    )
+    return bool(claimed)

@@ -1,0 +1,302 @@
+"""``vr1 demo``: the whole Vision-R1 recipe on the toy world, as platform jobs, on a CPU.
+
+1. the toy world and tiny models are generated offline;
+2. two stand-in teachers are trained with ``sft`` jobs on the toy reference texts;
+3. a ``pipeline`` job runs coldstart (those teachers) → SFT of a fresh student on the
+   kept samples → GRPO in two compute-matched PTST stages → eval;
+4. ``eval`` jobs measure the student before SFT, after SFT and after each stage;
+5. ``report.json`` and ``report.md`` (with a reward / length plot) are written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from shared.contracts.api import DatasetCreate
+from shared.contracts.specs import (
+    ColdstartOptions,
+    EngineSpec,
+    EvalOptions,
+    EvalSpec,
+    GenerationParams,
+    GrpoOptions,
+    PipelineSpec,
+    SftOptions,
+    SftSpec,
+    StageSpec,
+)
+from shared.datasets import register_dataset
+from shared.db.models import Job, Metric, Stage
+from shared.demo.report import markdown, plot_stages
+from shared.demo.teachers import describer_rows, reasoner_rows, register_sharegpt
+from shared.errors import VR1Error
+from shared.fixtures.toy import generate_toy_dataset, read_rows
+from shared.runner import Embedded, embedded, print_progress
+from shared.settings import BaseVR1Settings
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes and the training recipe; tuned for a 2-core CPU in a few minutes."""
+
+    n_train: int = 96
+    n_test: int = 48
+    n_cold: int = 4
+    teacher_steps: int = 300
+    sft_steps: int = 300
+    eval_max_new_tokens: int = 64
+    stages: tuple[StageSpec, ...] = field(
+        default_factory=lambda: (
+            StageSpec(max_completion_tokens=48, group_size=8, steps=75, prompts_per_step=8),
+            StageSpec(max_completion_tokens=96, group_size=4, steps=75, prompts_per_step=16),
+        )
+    )
+    grpo_learning_rate: float = 5e-4
+    sft_learning_rate: float = 1e-3
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"==> {message}\n")
+    sys.stderr.flush()
+
+
+def _fast_sft(config: DemoConfig, steps: int, *, freeze_vision: bool) -> SftOptions:
+    return SftOptions(
+        learning_rate=config.sft_learning_rate,
+        lr_scheduler="constant",
+        warmup_ratio=0.0,
+        max_steps=steps,
+        max_length=512,
+        global_batch_size=8,
+        per_device_batch_size=8,
+        freeze_vision=freeze_vision,
+        seed=0,
+    )
+
+
+def _register(
+    platform: Embedded, name: str, kind: str, rows: list[dict[str, Any]], root: Path
+) -> str:
+    path = root / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    team = platform.team()
+    with platform.db.session() as session:
+        request = DatasetCreate.model_validate({"name": name, "kind": kind, "path": str(path)})
+        dataset, _ = register_dataset(
+            session, team=team, request=request, roots=[root], store=platform.store
+        )
+        return str(dataset.id)
+
+
+def _run(platform: Embedded, spec: Any, name: str) -> Job:
+    job = platform.run(spec, name=name)
+    if job.status != "succeeded":
+        raise VR1Error(f"demo step {name} ended {job.status}: {job.error}", job_id=str(job.id))
+    return job
+
+
+def _accuracy(job: Job) -> tuple[float, float]:
+    (table,) = job.output["accuracy"].values()
+    return float(table["accuracy"]), float(table["format_rate"])
+
+
+def _one_per_answer(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The first ``n`` rows, spreading over answers first (one sample per colour)."""
+    picked: list[dict[str, Any]] = []
+    for row in rows:
+        if len(picked) < n and row["answer"] not in {p["answer"] for p in picked}:
+            picked.append(row)
+    return picked + [r for r in rows if r not in picked][: n - len(picked)]
+
+
+def run_demo(
+    out: Path,
+    *,
+    seed: int = 0,
+    settings: BaseVR1Settings | None = None,
+    config: DemoConfig | None = None,
+) -> dict[str, Any]:
+    """Run the demo into ``out``; returns the report (also written to ``out/report.json``)."""
+    from shared.fixtures.tiny import build_tiny_text_lm, build_tiny_vlm
+
+    config = config or DemoConfig()
+    out = out.resolve()
+    shutil.rmtree(out / "platform", ignore_errors=True)
+    platform = embedded(settings or BaseVR1Settings(home=out / "platform"))
+    platform.dispatcher.on_message = print_progress(platform)
+
+    _say("toy world (shape colours) and tiny models, built offline")
+    toy = generate_toy_dataset(
+        out / "data",
+        seed=seed,
+        n_train=config.n_train,
+        n_test=config.n_test,
+        tasks=["shape_colour"],
+    )
+    train, test = read_rows(toy.train_path), read_rows(toy.test_path)
+    models = out / "models"
+    teacher_vlm = build_tiny_vlm(models / "teacher-describer", seed=seed + 1)
+    teacher_lm = build_tiny_text_lm(models / "teacher-reasoner", seed=seed + 2)
+    student = build_tiny_vlm(models / "student", seed=seed)
+
+    source = _register(
+        platform, "toy-source", "source", _one_per_answer(train, config.n_cold), toy.root
+    )
+    rl_set = _register(platform, "toy-rl", "rl", train, toy.root)
+    test_set = _register(platform, "toy-test", "eval", test, toy.root)
+
+    _say("stand-in teachers: sft jobs on the toy reference texts (not real teacher models)")
+    describer_data = register_sharegpt(
+        platform,
+        name="stand-in-describer-data",
+        examples=describer_rows(train),
+        image_root=toy.root,
+    )
+    reasoner_data = register_sharegpt(
+        platform, name="stand-in-reasoner-data", examples=reasoner_rows(train), image_root=toy.root
+    )
+    teacher_opts = _fast_sft(config, config.teacher_steps, freeze_vision=False)
+    describer = _run(
+        platform,
+        SftSpec(model=str(teacher_vlm), dataset_id=describer_data, **teacher_opts.model_dump()),
+        "stand-in describer (sft)",
+    )
+    reasoner = _run(
+        platform,
+        SftSpec(model=str(teacher_lm), dataset_id=reasoner_data, **teacher_opts.model_dump()),
+        "stand-in reasoner (sft)",
+    )
+
+    greedy = GenerationParams(max_new_tokens=128, temperature=0.0)
+    eval_opts = EvalOptions(max_new_tokens=config.eval_max_new_tokens, batch_size=16, seed=seed)
+    _say("the student before any training: eval job")
+    base = _run(
+        platform,
+        EvalSpec(model=str(student), dataset_ids=[test_set], **eval_opts.model_dump()),
+        "eval base student",
+    )
+
+    _say("pipeline job: coldstart -> sft -> grpo (PTST) -> eval")
+    pipeline = PipelineSpec(
+        base_model=str(student),
+        source_dataset_id=source,
+        rl_dataset_id=rl_set,
+        eval_dataset_ids=[test_set],
+        coldstart=ColdstartOptions(
+            captioner=EngineSpec(
+                model=describer.output["checkpoint_uri"], device="cpu", generation=greedy
+            ),
+            reasoner=EngineSpec(
+                model=reasoner.output["checkpoint_uri"], device="cpu", generation=greedy
+            ),
+            chunk_size=8,
+            output_name="toy-cold",
+        ),
+        sft=_fast_sft(config, config.sft_steps, freeze_vision=True),
+        grpo=GrpoOptions(
+            stages=list(config.stages),
+            learning_rate=config.grpo_learning_rate,
+            lr_scheduler="linear",
+            beta=0.0,
+            temperature=1.0,
+            seed=seed,
+        ),
+        eval=eval_opts,
+    )
+    parent = _run(platform, pipeline, "toy pipeline")
+    return _report(platform, out, parent, base, eval_opts, test_set, config)
+
+
+def _children(platform: Embedded, parent: Job) -> dict[str, Job]:
+    with platform.db.session() as session:
+        rows = session.scalars(select(Job).where(Job.parent_id == parent.id))
+        return {job.kind: job for job in rows}
+
+
+def _report(
+    platform: Embedded,
+    out: Path,
+    parent: Job,
+    base: Job,
+    eval_opts: EvalOptions,
+    test_set: str,
+    config: DemoConfig,
+) -> dict[str, Any]:
+    children = _children(platform, parent)
+    cold, grpo = children["coldstart"], children["grpo"]
+    with platform.db.session() as session:
+        stages = list(
+            session.scalars(select(Stage).where(Stage.job_id == grpo.id).order_by(Stage.idx))
+        )
+        metrics = list(session.scalars(select(Metric).where(Metric.job_id == grpo.id)))
+    _say("eval jobs after SFT and after each PTST stage")
+    sft_ckpt = children["sft"].output["checkpoint_uri"]
+    after_sft = _run(
+        platform,
+        EvalSpec(model=sft_ckpt, dataset_ids=[test_set], **eval_opts.model_dump()),
+        "eval after sft",
+    )
+    after_stages = [
+        _accuracy(
+            _run(
+                platform,
+                EvalSpec(
+                    model=s.checkpoint_uri or "", dataset_ids=[test_set], **eval_opts.model_dump()
+                ),
+                f"eval after stage {s.idx + 1}",
+            )
+        )[0]
+        for s in stages
+    ]
+    funnel = cold.output["funnel"]
+    sft_acc, sft_format = _accuracy(after_sft)
+    report = {
+        "coldstart": {
+            "items_in": funnel["items_in"],
+            "kept": funnel["kept"],
+            "rejected": funnel["rejected"],
+            "export_dir": str(platform.store.local_path(cold.output["export_uri"])),
+        },
+        "sft": {"format_rate": sft_format, "accuracy": sft_acc},
+        "grpo": {
+            "stages": [_stage_entry(s, spec) for s, spec in zip(stages, config.stages, strict=True)]
+        },
+        "eval": {"base": _accuracy(base)[0], "after_sft": sft_acc, "after_stages": after_stages},
+    }
+    series, boundaries, offset = [], [], 0
+    for stage in stages:
+        points: dict[int, dict[str, Any]] = {}
+        for m in metrics:
+            if m.stage_idx == stage.idx:
+                points.setdefault(m.step, {"step": offset + m.step})[m.name] = m.value
+        series += [points[k] for k in sorted(points)]
+        offset += max(points, default=0)
+        boundaries.append(offset)
+    plotted = plot_stages(series, boundaries[:-1], out / "grpo_stages.png")
+    extra = {"pipeline_job": str(parent.id), **{k: str(v.id) for k, v in children.items()}}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(report, extra, "grpo_stages.png" if plotted else None))
+    _say(f"report written to {out / 'report.json'} and {out / 'report.md'}")
+    return report
+
+
+def _stage_entry(stage: Stage, spec: StageSpec) -> dict[str, Any]:
+    summary = stage.summary
+    return {
+        "max_completion_tokens": spec.max_completion_tokens,
+        "group_size": spec.group_size,
+        "steps": spec.steps,
+        "reward_mean": float(summary.get("reward_mean", 0.0)),
+        "accuracy": float(summary.get("accuracy", 0.0)),
+        "completion_len_mean": float(summary.get("completion_len_mean", 0.0)),
+    }
+
+
+__all__ = ["DemoConfig", "run_demo"]

@@ -1,0 +1,97 @@
+"""The pipeline job: coldstart → sft → grpo → eval as child jobs, each fed by the last.
+
+``advance`` is called whenever a child finishes (and once at the start).  It looks at
+the children in order, starts the next one with its predecessor's output, or settles the
+pipeline: failed or cancelled when a child was, succeeded when the last one was.
+Calling it twice does no harm: the parent row is locked while it decides.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared import jobs
+from shared.contracts.api import TERMINAL_STATUSES
+from shared.contracts.specs import (
+    ColdstartSpec,
+    EvalSpec,
+    GrpoSpec,
+    JobSpec,
+    PipelineSpec,
+    SftSpec,
+    parse_spec,
+)
+from shared.db.models import Job, Team, utcnow
+
+ORDER = ("coldstart", "sft", "grpo", "eval")
+
+
+def child_spec(kind: str, spec: PipelineSpec, done: dict[str, Job]) -> JobSpec:
+    """The spec of the next child, its inputs taken from the children before it."""
+    if kind == "coldstart":
+        return ColdstartSpec(dataset_id=spec.source_dataset_id, **spec.coldstart.model_dump())
+    if kind == "sft":
+        cold = done["coldstart"].output["dataset_id"]
+        return SftSpec(model=spec.base_model, dataset_id=cold, **spec.sft.model_dump())
+    if kind == "grpo":
+        return GrpoSpec(
+            model=done["sft"].output["checkpoint_uri"],
+            dataset_id=spec.rl_dataset_id or spec.source_dataset_id,
+            **spec.grpo.model_dump(),
+        )
+    return EvalSpec(
+        model=done["grpo"].output["checkpoint_uri"],
+        dataset_ids=spec.eval_dataset_ids,
+        **spec.eval.model_dump(),
+    )
+
+
+def _settle(parent: Job, status: str, error: str | None, output: dict[str, Any]) -> None:
+    parent.status, parent.error, parent.finished_at = status, error, utcnow()
+    parent.output = {**parent.output, **output}
+
+
+def advance(session: Session, parent_id: uuid.UUID | str) -> None:
+    """Start the next child, or settle the pipeline from its children's outcomes."""
+    parent = session.get(Job, uuid.UUID(str(parent_id)), with_for_update=True)
+    if parent is None or parent.status in TERMINAL_STATUSES:
+        return
+    spec = parse_spec(parent.spec)
+    assert isinstance(spec, PipelineSpec)
+    children = {c.kind: c for c in session.scalars(select(Job).where(Job.parent_id == parent.id))}
+    if parent.status == "queued":
+        parent.status, parent.started_at = "running", utcnow()
+    steps = [k for k in ORDER if k != "eval" or spec.eval_dataset_ids]
+    done: dict[str, Job] = {}
+    for kind in steps:
+        child = children.get(kind)
+        if child is None:
+            team = session.get(Team, parent.team_id)
+            assert team is not None
+            new = jobs.create_job(
+                session,
+                team=team,
+                spec=child_spec(kind, spec, done),
+                name=f"{parent.name}/{kind}",
+                parent=parent,
+            )
+            parent.output = {**parent.output, f"{kind}_job_id": str(new.id)}
+            return
+        if child.status in ("queued", "running"):
+            return
+        if child.status != "succeeded":
+            status = "cancelled" if child.status == "cancelled" else "failed"
+            _settle(parent, status, f"{kind} step {child.status}: {child.error or ''}".strip(), {})
+            return
+        done[kind] = child
+    final = done[steps[-1]].output
+    _settle(
+        parent,
+        "succeeded",
+        None,
+        {"final": final, "checkpoint_uri": done["grpo"].output.get("checkpoint_uri")},
+    )
