@@ -49,6 +49,7 @@ typecheck: install
 
 bench: install
 	$(BIN)/python bench/reward.py
+	$(BIN)/python bench/coldstart.py
 
 clean:
 	rm -rf .vr1 .pytest_cache .mypy_cache .ruff_cache

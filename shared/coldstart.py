@@ -69,16 +69,24 @@ def ensure_records(
 ) -> list[tuple[GenerationRecord, Item]]:
     """The chunk's records (created if missing) with their items, in chunk order."""
     ids = [uuid.UUID(i) for i in item_ids]
-    rows = [{"job_id": job_id, "item_id": i, "updated_at": utcnow()} for i in ids]
-    if rows:
+    by_item = _records_by_item(session, job_id, ids)
+    missing = [i for i in ids if i not in by_item]  # only a chunk's first visit writes
+    if missing:
+        rows = [{"job_id": job_id, "item_id": i, "updated_at": utcnow()} for i in missing]
         session.execute(_insert(session, GenerationRecord).values(rows).on_conflict_do_nothing())
+        by_item |= _records_by_item(session, job_id, missing)
+    return [by_item[i] for i in ids if i in by_item]
+
+
+def _records_by_item(
+    session: Session, job_id: uuid.UUID, ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, tuple[GenerationRecord, Item]]:
     found = session.execute(
         select(GenerationRecord, Item)
         .join(Item, Item.id == GenerationRecord.item_id)
         .where(GenerationRecord.job_id == job_id, GenerationRecord.item_id.in_(ids))
     ).all()
-    by_item = {item.id: (record, item) for record, item in found}
-    return [by_item[i] for i in ids if i in by_item]
+    return {item.id: (record, item) for record, item in found}
 
 
 def cache_key(
@@ -106,12 +114,16 @@ def cache_get(session: Session, keys: Iterable[str]) -> dict[str, dict[str, Any]
     return {row.key: row.output for row in rows}
 
 
-def cache_put(session: Session, key: str, step: str, output: dict[str, Any]) -> None:
-    """Keep an engine output; a concurrent writer of the same key wins harmlessly."""
-    statement = _insert(session, GenerationCache).values(
-        key=key, step=step, output=output, created_at=utcnow()
-    )
-    session.execute(statement.on_conflict_do_nothing())
+def cache_put(session: Session, step: str, outputs: dict[str, dict[str, Any]]) -> None:
+    """Keep engine outputs by key; a concurrent writer of the same key wins harmlessly."""
+    if not outputs:
+        return
+    now = utcnow()
+    rows = [
+        {"key": key, "step": step, "output": output, "created_at": now}
+        for key, output in outputs.items()
+    ]
+    session.execute(_insert(session, GenerationCache).values(rows).on_conflict_do_nothing())
 
 
 def settle(

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.coldstart import (
@@ -33,6 +34,8 @@ from shared.engines.base import Engine, GenerationRequest, GenerationResult
 from shared.prompts import Template
 
 Inputs = tuple[str, tuple[str, ...]]  # prompt text, image references
+# Failures that come from the item itself: asking again cannot change the answer.
+PERMANENT_ERRORS = frozenset({"image_unreadable", "image_too_large", "images_unsupported"})
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ def output_of(result: GenerationResult) -> dict[str, Any]:
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "latency_s": round(result.latency_s, 4),
+        "attempts": result.attempts,
     }
 
 
@@ -75,6 +79,7 @@ def usage_entry(output: dict[str, Any], *, cached: bool) -> dict[str, Any]:
         "completion": output.get("completion_tokens", 0),
         "latency_s": output.get("latency_s", 0.0),
         "cached": cached,
+        "calls": 0 if cached else output.get("attempts", 1),  # retried calls count each
     }
 
 
@@ -117,26 +122,43 @@ def run_step(
             for p, result in zip(misses, results, strict=True):
                 if result.ok:
                     fresh[p.key] = output_of(result)
-                    cache_put(session, p.key, plan.step, fresh[p.key])
                 else:
                     errors[p.key] = result
+            cache_put(session, plan.step, fresh)
+            loaded = _load(session, [p.record_id for p in prepared])
             for p in prepared:
-                _store(session, plan, p, cached, fresh, errors, max_attempts)
+                _store(
+                    session, plan, p, loaded.get(p.record_id), cached, fresh, errors, max_attempts
+                )
+        if not errors:
+            return True  # nothing left to try again
     return True
+
+
+def _load(session: Session, record_ids: list[int]) -> dict[int, tuple[GenerationRecord, Item]]:
+    """Records with their items, by record ID, in one query."""
+    rows = session.execute(
+        select(GenerationRecord, Item)
+        .join(Item, Item.id == GenerationRecord.item_id)
+        .where(GenerationRecord.id.in_(record_ids))
+    ).all()
+    return {record.id: (record, item) for record, item in rows}
 
 
 def _store(
     session: Session,
     plan: StepPlan,
     prepared: _Prepared,
+    loaded: tuple[GenerationRecord, Item] | None,
     cached: dict[str, dict[str, Any]],
     fresh: dict[str, dict[str, Any]],
     errors: dict[str, GenerationResult],
     max_attempts: int,
 ) -> None:
-    record = session.get(GenerationRecord, prepared.record_id)
-    item = session.get(Item, prepared.item_id)
-    if record is None or item is None or record.status in TERMINAL or not plan.needs(record):
+    if loaded is None:
+        return  # the item was deleted meanwhile
+    record, item = loaded
+    if record.status in TERMINAL or not plan.needs(record):
         return  # settled meanwhile by a duplicate delivery
     record.prompt_versions = {**record.prompt_versions, plan.step: plan.template.version}
     output = fresh.get(prepared.key) or cached.get(prepared.key)
@@ -147,6 +169,8 @@ def _store(
         return
     failed = errors[prepared.key]
     reason = f"{failed.error_kind or 'engine_error'}: {failed.error}"
+    if failed.error_kind in PERMANENT_ERRORS:
+        max_attempts = 1
     record_attempt_failure(
         session, record, reason=f"{plan.step}_{reason}", max_attempts=max_attempts
     )

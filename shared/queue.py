@@ -31,7 +31,13 @@ def make_celery(broker_url: str, *, name: str = "vr1", visibility_timeout_s: int
         broker_connection_retry_on_startup=True,
         # A message unacknowledged this long is handed out again; chunks are sized to
         # finish well inside it, and long training never sits inside one message.
-        broker_transport_options={"visibility_timeout": visibility_timeout_s},
+        # kombu scans for such messages only on every 10th sweep (~100 s) by default;
+        # scanning on every sweep brings a dead worker's message back soon after it expires.
+        broker_transport_options={
+            "visibility_timeout": visibility_timeout_s,
+            "unacked_restore_interval": min(10, max(1, visibility_timeout_s // 2)),
+            "unacked_restore_throttle": 1,
+        },
         worker_cancel_long_running_tasks_on_connection_loss=True,
         enable_utc=True,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -64,3 +65,16 @@ def redis_url() -> str:
     except redis.RedisError as exc:
         pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); start it: {START_REDIS}")
     return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def teachers() -> dict[str, Path]:
+    """Stand-in teachers trained once per cache key (kept under .vr1/test-cache)."""
+    from pathlib import Path
+
+    from tests.helpers import stand_in_teachers
+
+    cache = Path(
+        os.environ.get("VR1_TEST_CACHE", Path(__file__).parents[1] / ".vr1" / "test-cache")
+    )
+    return stand_in_teachers(cache)

@@ -12,3 +12,66 @@ def write_image(path: Path, colour: str = "red", size: int = 32) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (size, size), colour).save(path)
     return path
+
+
+def stand_in_teachers(cache_root: Path, *, seed: int = 0, steps: int = 200) -> dict[str, Path]:
+    """Train (once, then reuse from ``cache_root``) the demo's stand-in teachers.
+
+    A tiny VLM describer and a tiny text reasoner taught the toy world's reference texts
+    through the platform's own SFT code; coldstart tests need teachers whose answers can
+    pass verification.  The cache key covers everything that shapes them.
+    """
+    import hashlib
+    import inspect
+    import json
+
+    from shared.contracts.specs import SftOptions
+    from shared.demo import teachers
+    from shared.fixtures import tiny, toy
+    from shared.prompts import shipped
+
+    material = json.dumps(
+        [
+            toy.GENERATOR_VERSION,
+            tiny.SIZES["teacher"],
+            {s: {v: t.text for v, t in vs.items()} for s, vs in shipped().items()},
+            inspect.getsource(teachers),
+            seed,
+            steps,
+        ],
+        sort_keys=True,
+    )
+    root = cache_root / f"teachers-{hashlib.sha256(material.encode()).hexdigest()[:12]}"
+    paths = {
+        "toy": root / "toy",
+        "describer": root / "describer" / "final",
+        "reasoner": root / "reasoner" / "final",
+    }
+    if (root / "done").exists():
+        return paths
+    from services.trainer.sft import run_sft
+
+    info = toy.generate_toy_dataset(
+        paths["toy"], seed=seed, n_train=96, n_test=32, tasks=["shape_colour"]
+    )
+    rows = toy.read_rows(info.train_path)
+    options = SftOptions(
+        learning_rate=1e-3,
+        lr_scheduler="constant",
+        warmup_ratio=0.0,
+        max_steps=steps,
+        max_length=512,
+        global_batch_size=8,
+        per_device_batch_size=8,
+        freeze_vision=False,
+    )
+    for name, examples, build in (
+        ("describer", teachers.describer_rows(rows), tiny.build_tiny_vlm),
+        ("reasoner", teachers.reasoner_rows(rows), tiny.build_tiny_text_lm),
+    ):
+        data = paths["toy"] / f"{name}.json"
+        data.write_text(json.dumps(examples))
+        base = build(root / "base" / name, seed=seed + 1, size="teacher")
+        run_sft(base, data, root / name, options)
+    (root / "done").write_text("ok\n")
+    return paths

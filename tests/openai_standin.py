@@ -13,7 +13,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,10 +52,13 @@ def user_text(body: dict[str, Any]) -> str:
 
 
 class StandinServer:
-    """Scripted replies per user text; unscripted texts get an immediate echo completion."""
+    """Scripted replies per user text; unplanned texts follow ``default_steps`` (by default an
+    immediate completion: ``reply(text)`` when set, else an echo)."""
 
     def __init__(self) -> None:
         self.plans: dict[str, list[Step]] = {}
+        self.default_steps: list[Step] = [Step()]  # the plan of every unplanned text
+        self.reply: Callable[[str], dict[str, Any]] | None = None  # 200 message by user text
         self.received: list[Received] = []
         self.attempts: dict[str, int] = {}
         self.in_flight = 0
@@ -75,6 +78,8 @@ class StandinServer:
         while self.in_flight and time.monotonic() < deadline:
             time.sleep(0.01)
         self.plans.clear()
+        self.default_steps = [Step()]
+        self.reply = None
         self.received.clear()
         self.attempts.clear()
         self.max_in_flight = 0
@@ -85,7 +90,7 @@ class StandinServer:
         text = user_text(body)
         n = self.attempts.get(text, 0)
         self.attempts[text] = n + 1
-        steps = self.plans.get(text) or [Step()]
+        steps = self.plans.get(text) or self.default_steps
         step = steps[min(n, len(steps) - 1)]
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -96,7 +101,9 @@ class StandinServer:
         if step.status != 200:
             error = {"error": {"message": f"scripted {step.status}", "code": step.status}}
             return JSONResponse(error, status_code=step.status, headers=step.headers)
-        message = step.message or {"role": "assistant", "content": f"echo: {text}"}
+        message = step.message or (
+            self.reply(text) if self.reply else {"role": "assistant", "content": f"echo: {text}"}
+        )
         return JSONResponse(_completion(body, message, step.finish_reason, len(text)))
 
 

@@ -9,11 +9,12 @@ Both are stored on the item's record; the chunk then goes on to the reasoner.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from shared.coldstart import is_active, load_job, mark_running
+from shared.coldstart import TERMINAL, ensure_records, is_active, load_job, mark_running, settle
 from shared.contracts import queues
 from shared.contracts.specs import ColdstartSpec
 from shared.db.models import GenerationRecord, Item
@@ -38,6 +39,19 @@ def _store_description(
     record.description = output["text"].strip()
     record.step = "described"
     record.latency = {**record.latency, "description": output.get("latency_s", 0.0)}
+
+
+def fail_unusable_items(session: Session, job_id: uuid.UUID, item_ids: list[str]) -> None:
+    """Settle items no model call can help as failed, each with its reason."""
+    for record, item in ensure_records(session, job_id, item_ids):
+        if record.status in TERMINAL:
+            continue
+        if not item.question.strip():
+            settle(
+                session, record, "failed", reason="empty_question", error="the question is empty"
+            )
+        elif not item.images:
+            settle(session, record, "failed", reason="no_image", error="the item has no image")
 
 
 def plans(spec: ColdstartSpec) -> list[StepPlan]:
@@ -79,17 +93,24 @@ def caption_chunk(
         if not is_active(job):
             return
         mark_running(session, job.id)
+    with db.session() as session:
+        fail_unusable_items(session, job.id, item_ids)
+    owned = engine is None
     engine = engine or make_engine(spec.captioner)
-    for plan in plans(spec):
-        kept_going = run_step(
-            db,
-            job_id=job_id,
-            item_ids=item_ids,
-            plan=plan,
-            engine=engine,
-            max_attempts=spec.max_attempts,
-        )
-        if not kept_going:
-            return
+    try:
+        for plan in plans(spec):
+            kept_going = run_step(
+                db,
+                job_id=job_id,
+                item_ids=item_ids,
+                plan=plan,
+                engine=engine,
+                max_attempts=spec.max_attempts,
+            )
+            if not kept_going:
+                return
+    finally:
+        if owned:  # an engine built per chunk holds threads and connections until closed
+            engine.close()
     with db.session() as session:
         enqueue_after_commit(session, queues.REASON_BATCH, [job_id, item_ids])

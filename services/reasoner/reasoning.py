@@ -129,15 +129,21 @@ def reason_chunk(
         job, spec = load_job(session, job_id)
         if not is_active(job):
             return
+    owned = engine is None
     engine = engine or make_engine(spec.reasoner)
-    if not run_step(
-        db,
-        job_id=job_id,
-        item_ids=item_ids,
-        plan=plan(spec),
-        engine=engine,
-        max_attempts=spec.max_attempts,
-    ):
+    try:
+        kept_going = run_step(
+            db,
+            job_id=job_id,
+            item_ids=item_ids,
+            plan=plan(spec),
+            engine=engine,
+            max_attempts=spec.max_attempts,
+        )
+    finally:
+        if owned:  # an engine built per chunk holds threads and connections until closed
+            engine.close()
+    if not kept_going:
         return
     with db.session() as session:
         job, spec = load_job(session, job_id)

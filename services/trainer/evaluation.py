@@ -98,8 +98,9 @@ def generate(
     sampling: dict[str, Any] = {"do_sample": False}
     if options.temperature > 0:
         sampling = {"do_sample": True, "temperature": options.temperature, "top_p": options.top_p}
+    model: Any = policy.model  # generate() is untyped in transformers
     with torch.inference_mode():
-        output = policy.model.generate(
+        output = model.generate(
             **inputs,
             max_new_tokens=options.max_new_tokens,
             suppress_tokens=suppress,  # a sampled image placeholder breaks the next forward
@@ -122,7 +123,7 @@ def evaluate(
     """Accuracy and format rate of a model on ``rows``, reproducible for ``options.seed``."""
     rows = rows[: options.limit] if options.limit else rows
     policy = load_policy(model_dir)
-    policy.model.eval()
+    policy.model.train(False)  # no dropout while generating
     suppress = vision_token_ids(policy.tokenizer)
     torch.manual_seed(options.seed)
     completions = [""] * len(rows)

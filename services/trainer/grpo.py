@@ -9,28 +9,47 @@ completions looked like (from a zero-weight recording reward) with the loss and 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import PartialState
 from datasets import Dataset
-from transformers import PrinterCallback, TrainerCallback, TrainerControl, TrainerState, set_seed
-from transformers import TrainingArguments as Args
-from trl import GRPOConfig, GRPOTrainer
+from transformers import (
+    PrinterCallback,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+    set_seed,
+)
+from trl.trainer.grpo_config import GRPOConfig
+from trl.trainer.grpo_trainer import GRPOTrainer
 
-from services.trainer.callbacks import LogFn, StepTimer, StopFn, StopWhenAsked, TrainingStopped
-from services.trainer.callbacks import finite_floats as floats
+from services.trainer.callbacks import (
+    LogFn,
+    StepTimer,
+    StopFn,
+    StopWhenAsked,
+    TrainingStopped,
+    finite_floats,
+)
 from services.trainer.data import PromptRow, grpo_records
-from services.trainer.models import Policy, freeze_vision, load_policy, save_policy
-from services.trainer.models import vision_token_ids as suppressed_ids
+from services.trainer.models import (
+    Policy,
+    freeze_vision,
+    load_policy,
+    restore_checkpoint_weights,
+    save_policy,
+    vision_token_ids,
+)
 from services.trainer.rollouts import RolloutRecorder
 from shared.contracts.specs import GrpoOptions, StageSpec
 from shared.errors import InvalidInput
 from shared.rewards import Scorer, default_scorer
 
-RewardFn = Callable[..., Sequence[float | None]]
+RewardFn = Callable[..., list[float | None]]  # TRL's form: None means "no verdict"
 
 
 def completions_per_step(stage: StageSpec, options: GrpoOptions) -> tuple[int, int]:
@@ -76,13 +95,14 @@ def grpo_config(
         use_vllm=options.rollout_engine == "vllm",
         vllm_mode="colocate",
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        gradient_checkpointing=on_gpu,  # on CPU it only costs time
+        activation_checkpointing=on_gpu,  # (gradient checkpointing) on CPU it only costs time
         seed=options.seed,
         data_seed=options.seed,
         logging_steps=1,
         save_strategy="steps" if checkpoint_every else "no",
         save_steps=checkpoint_every or 500,
         report_to="none",
+        dataloader_pin_memory=on_gpu,
         disable_tqdm=True,
     )
 
@@ -95,13 +115,13 @@ class StepMetrics(TrainerCallback):  # type: ignore[misc]
 
     def on_log(
         self,
-        args: Args,
+        args: TrainingArguments,
         state: TrainerState,
         control: TrainerControl,
         logs: dict[str, Any] | None = None,
         **kw: Any,
     ) -> None:
-        values = floats(logs or {})
+        values = finite_floats(logs or {})
         if "loss" not in values:  # the end-of-training summary, not a step
             return
         metrics = {
@@ -137,7 +157,7 @@ def build_grpo_trainer(
         stage,
         options,
         out_dir,
-        suppress=suppressed_ids(policy.tokenizer),
+        suppress=vision_token_ids(policy.tokenizer),
         checkpoint_every=checkpoint_every,
     )
     args.reward_weights = [1.0] * len(reward_funcs) + [0.0]  # the recorder only watches
@@ -178,6 +198,8 @@ def run_grpo_stage(
         scorer=scorer,
         checkpoint_every=checkpoint_every,
     )
+    if resume_from is not None:
+        restore_checkpoint_weights(trainer, policy.model, resume_from)
     timer = StepTimer()
     trainer.add_callback(timer)
     if on_step is not None:

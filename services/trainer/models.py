@@ -54,7 +54,7 @@ def load_policy(model_dir: Path, *, dtype: torch.dtype = torch.float32) -> Polic
     """Load a model and its processing class from a saved folder, through the Auto classes."""
     if is_vision_model(model_dir):
         register_processor()  # without it AutoProcessor silently returns only the tokenizer
-        processor = AutoProcessor.from_pretrained(model_dir)
+        processor = AutoProcessor.from_pretrained(model_dir)  # type: ignore[no-untyped-call]
         model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype)
         return Policy(model, processor, vision=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -89,3 +89,22 @@ def save_policy(policy: Policy, out_dir: Path) -> Path:
     policy.model.save_pretrained(out_dir)
     policy.processing_class.save_pretrained(out_dir)
     return out_dir
+
+
+def restore_checkpoint_weights(trainer: Any, model: torch.nn.Module, checkpoint: Path) -> None:
+    """Load a full-model checkpoint's weights into ``model`` before ``trainer`` resumes.
+
+    transformers' Trainer reloads checkpoint weights with ``load_state_dict(strict=False)``
+    on the key names as saved. Models whose in-memory names differ from the saved ones
+    (Qwen2.5-VL: ``model.layers.*`` on disk, ``model.language_model.layers.*`` in memory)
+    then load nothing and train on silently. ``from_pretrained`` maps the names, so the
+    weights come from there and the Trainer's own reload is switched off; optimizer,
+    scheduler, RNG and step still come from the checkpoint. The model itself was loaded
+    from the stage's starting folder, so a reference model (beta > 0) is built from that
+    folder, not from the checkpoint. DeepSpeed and FSDP restore their own shards.
+    """
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        return
+    saved = load_policy(checkpoint).model.state_dict()
+    model.load_state_dict(saved, strict=True)
+    setattr(trainer, "_load_from_checkpoint", lambda *args, **kwargs: None)  # noqa: B010

@@ -11,7 +11,6 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -116,7 +115,7 @@ def run_grpo_job(tracker: Tracker, settings: TrainerSettings, spec: GrpoSpec) ->
             idx, status="succeeded", finished_at=utcnow(), checkpoint_uri=uri, summary=summary
         )
         summaries.append(summary)
-        weights = Path(final)
+        weights = local_model_path(tracker.store, uri)  # the next stage starts from this one
     return {
         "checkpoint_uri": rows[-1].checkpoint_uri or tracker.stage(len(rows) - 1).checkpoint_uri,
         "stages": summaries,

@@ -31,11 +31,12 @@ class RolloutRecorder:
         completion_ids: Sequence[Sequence[int]],
         answer: Sequence[str],
         **kwargs: Any,
-    ) -> list[float]:
+    ) -> list[float | None]:
         """Record this step's statistics; contribute nothing to the reward."""
         texts = [completion_text(c) for c in completions]
         self.pending = self.measure(texts, completion_ids, [str(a) for a in answer])
-        return [0.0] * len(texts)
+        zeros: list[float | None] = [0.0] * len(texts)
+        return zeros
 
     def measure(
         self, texts: list[str], ids: Sequence[Sequence[int]], golds: list[str]

@@ -7,13 +7,15 @@ stand-in teachers (a VLM describer, a text-only reasoner).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import PrinterCallback, set_seed
-from trl import SFTConfig, SFTTrainer
+from trl.trainer.sft_config import SFTConfig
+from trl.trainer.sft_trainer import SFTTrainer
 
 from services.trainer.callbacks import (
     ForwardLogs,
@@ -23,7 +25,13 @@ from services.trainer.callbacks import (
     TrainingStopped,
 )
 from services.trainer.data import load_sft_records
-from services.trainer.models import Policy, freeze_vision, load_policy, save_policy
+from services.trainer.models import (
+    Policy,
+    freeze_vision,
+    load_policy,
+    restore_checkpoint_weights,
+    save_policy,
+)
 from shared.contracts.specs import SftOptions
 from shared.errors import InvalidInput
 
@@ -78,13 +86,14 @@ def sft_config(out_dir: Path, options: SftOptions, *, checkpoint_every: int | No
         gradient_accumulation_steps=accumulation_steps(options, PartialState().num_processes),
         assistant_only_loss=True,  # the prompt (and the image tokens) carry no loss
         bf16=bf16_enabled(options.bf16),
-        gradient_checkpointing=torch.cuda.is_available(),  # saves GPU memory; only slows CPU
+        activation_checkpointing=torch.cuda.is_available(),  # saves GPU memory; only slows CPU
         seed=options.seed,
         data_seed=options.seed,
         logging_steps=1,
         save_strategy="steps" if checkpoint_every else "no",
         save_steps=checkpoint_every or 500,
         report_to="none",
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=True,
     )
 
@@ -129,6 +138,8 @@ def run_sft(
     trainer, policy = build_sft_trainer(
         model_dir, train_file, out_dir, options, checkpoint_every=checkpoint_every
     )
+    if resume_from is not None and options.lora is None:  # the Trainer restores adapters itself
+        restore_checkpoint_weights(trainer, policy.model, resume_from)
     if on_log is not None:
         trainer.add_callback(ForwardLogs(on_log, SFT_LOG_KEYS))
     stopper = StopWhenAsked(should_stop) if should_stop is not None else None
@@ -138,7 +149,7 @@ def run_sft(
     if stopper is not None and stopper.stopped_at is not None:
         checkpoint = out_dir / f"checkpoint-{stopper.stopped_at}"
         raise TrainingStopped(stopper.stopped_at, str(checkpoint))
-    model = trainer.model
+    model: Any = trainer.model
     if options.lora is not None:
         model = model.merge_and_unload()  # the next job loads a plain model, not an adapter
     policy.model = model

@@ -7,6 +7,7 @@ heartbeat to tell a live run from a lost one.
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ from sqlalchemy import delete, select, update
 from shared.db.models import Artifact, Job, Metric, Stage, utcnow
 from shared.db.session import Database
 from shared.storage import ArtifactStore
+
+PROGRESS_EVERY = 10
+PROGRESS_KEYS = ("loss", "reward_mean", "accuracy", "format_rate", "completion_len_mean")
 
 
 class Heartbeat:
@@ -121,6 +125,11 @@ class Tracker:
         with self.db.session() as session:
             session.add_all(rows)
             session.execute(update(Job).where(Job.id == self.job_id).values(heartbeat_at=utcnow()))
+        if step % PROGRESS_EVERY == 0:
+            shown = ", ".join(f"{k} {v:.3g}" for k, v in values.items() if k in PROGRESS_KEYS)
+            sys.stderr.write(
+                f"[job {str(self.job_id)[:8]} stage {stage_idx}] step {step}: {shown}\n"
+            )
 
     def save_artifact(self, source: Path, key: str, *, kind: str, name: str, **meta: Any) -> str:
         """Store a file or folder under the job's artifacts and register it."""

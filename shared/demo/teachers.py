@@ -45,11 +45,13 @@ def describer_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def reasoner_target(row: dict[str, Any]) -> str:
-    """A short R1-style answer that still speaks of 'the description' (rewritten later)."""
-    seen = row["reference"]["description"].removeprefix("The image shows ").rstrip(".")
+    """A short R1-style answer that speaks of 'the description' (the pipeline rewrites it).
+
+    Short on purpose: the student's first PTST stage caps completions at a few dozen
+    tokens, and the cold-start samples are what teaches it the length of its thoughts.
+    """
     answer = row["answer"]
-    cot = f"The description says {seen}. Wait, the shape is {answer}. So the answer is {answer}."
-    return f"<think>{cot}</think>\nFinal Answer: {answer}"
+    return f"<think>The description says it is {answer}.</think>\nFinal Answer: {answer}"
 
 
 def reasoner_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -45,6 +45,9 @@ class ScriptedEngine:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         return [self._one(r) for r in requests]
 
+    def close(self) -> None:
+        """Nothing to release (the real engines let go of threads and connections)."""
+
     def _one(self, request: GenerationRequest) -> GenerationResult:
         self.calls.append(request.prompt)
         marker = next((q for q in QUESTIONS if q in request.prompt), "")

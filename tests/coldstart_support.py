@@ -1,0 +1,265 @@
+"""What the coldstart integration tests share: worker and server processes, toy datasets
+drawn from the stand-in teachers' world, job polling, and the export checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import pyarrow.parquet as pq
+from fastapi.testclient import TestClient
+
+REPO = Path(__file__).resolve().parents[1]
+# One torch thread per process: reproducible outputs and no oversubscribed 2-core box.
+CHILD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+    "PYTHONPATH": str(REPO),
+}
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def engine(path: Path, **fields: Any) -> dict[str, Any]:
+    """A greedy engine spec for a local stand-in teacher."""
+    generation = {"max_new_tokens": 128, "temperature": 0, **fields.pop("generation", {})}
+    return {
+        "engine": "transformers",
+        "model": str(path),
+        "device": "cpu",
+        "generation": generation,
+        **fields,
+    }
+
+
+def toy_subset(toy: Path, folder: Path, n: int, *, split: str = "train") -> Path:
+    """The first ``n`` rows of the toy ``split`` with their images, copied into ``folder``."""
+    lines = (toy / f"{split}.jsonl").read_text().splitlines()[:n]
+    for line in lines:
+        image = json.loads(line)["image"]
+        (folder / image).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(toy / image, folder / image)
+    path = folder / f"{split}.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def wait_for_job(
+    client: TestClient,
+    key: str,
+    job_id: str,
+    *,
+    timeout_s: float,
+    alive: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Poll ``GET /v1/jobs/{id}`` until the job is terminal; ``alive`` checks the workers."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body: dict[str, Any] = client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json()
+        if body["status"] in TERMINAL:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} not finished after {timeout_s:.0f} s: {body}")
+        if alive is not None:
+            alive()
+        time.sleep(0.25)
+
+
+# --- processes --------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """A process started in a session of its own, so its whole group can be killed."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> Child:
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command,
+            cwd=REPO,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def check_alive(self) -> None:
+        """Fail with the end of the log if the process died on its own."""
+        if self.process is not None and self.process.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{tail}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (the worker and anything it started)."""
+        if self.process is None:
+            return
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.process = None
+
+    def stop(self) -> None:
+        """SIGTERM the group, then SIGKILL what is left after a grace period."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+@dataclass
+class WorkerPool:
+    """Starts ``vr1 worker <role>`` processes against one database, broker and store."""
+
+    database_url: str
+    redis_url: str
+    artifact_uri: str
+    logs: Path
+    visibility_timeout_s: int = 8
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, role: str) -> Child:
+        n = sum(1 for c in self.children if c.name.startswith(role))
+        env = {
+            **os.environ,
+            **CHILD_ENV,
+            "VR1_DATABASE_URL": self.database_url,
+            "VR1_REDIS_URL": self.redis_url,
+            "VR1_ARTIFACT_URI": self.artifact_uri,
+            "VR1_VISIBILITY_TIMEOUT_S": str(self.visibility_timeout_s),
+            "VR1_CONCURRENCY": "1",
+            "VR1_WORKER_NAME": f"{role}-{n}@%h",
+            "VR1_HOME": str(self.logs / "home"),
+        }
+        command = [sys.executable, "-m", "shared.cli", "worker", role]
+        child = Child(f"{role}-{n}", command, env, self.logs / f"{role}-{n}.log").start()
+        self.children.append(child)
+        return child
+
+    def check_alive(self) -> None:
+        for child in self.children:
+            child.check_alive()
+
+    def stop_all(self) -> None:
+        for child in self.children:
+            child.stop()
+
+
+@contextmanager
+def workers(
+    database_url: str, redis_url: str, artifact_uri: str, logs: Path, **fields: Any
+) -> Iterator[WorkerPool]:
+    """A worker pool whose processes are always stopped at the end."""
+    logs.mkdir(parents=True, exist_ok=True)
+    pool = WorkerPool(database_url, redis_url, artifact_uri, logs, **fields)
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def transformers_serve(model: Path, logs: Path, *, timeout_s: float = 120.0) -> Iterator[str]:
+    """Base URL of a real ``transformers serve`` (image processor registered) on ``model``."""
+    port = free_port()
+    command = [sys.executable, "-m", "shared.fixtures.serve_entry", str(model)]
+    command += ["--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
+    logs.mkdir(parents=True, exist_ok=True)
+    server = Child(
+        f"serve-{port}", command, {**os.environ, **CHILD_ENV}, logs / f"serve-{port}.log"
+    )
+    base = f"http://127.0.0.1:{port}"
+    with ExitStack() as stack:
+        stack.callback(server.stop)
+        server.start()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            server.check_alive()
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"transformers serve not healthy after {timeout_s:.0f} s")
+            time.sleep(0.5)
+        yield base
+
+
+# --- export checks ----------------------------------------------------------------------
+
+
+def check_export(export: Path, gold: dict[str, str]) -> list[dict[str, Any]]:
+    """The export is valid LLaMA-Factory data whose every row passes HFRRF; its rows.
+
+    ``gold`` maps source item IDs to gold answers.
+    """
+    from shared.rewards import InlineVerifier, ScoreItem, Scorer, score
+
+    rows: list[dict[str, Any]] = json.loads((export / "cold.json").read_text())
+    assert rows, "the export is empty"
+    for row in rows:
+        user, assistant = row["messages"]
+        assert (user["role"], assistant["role"]) == ("user", "assistant")
+        assert user["content"].count("<image>") == len(row["images"]) >= 1
+        assert all((export / image).is_file() for image in row["images"])
+        content = assistant["content"]
+        assert re.fullmatch(r"<think>\n.+\n</think>\n<answer>[^<]+</answer>", content, re.S), (
+            content
+        )
+    info = json.loads((export / "dataset_info.json").read_text())
+    (entry,) = info.values()
+    assert (entry["file_name"], entry["formatting"]) == ("cold.json", "sharegpt")
+    assert entry["columns"] == {"messages": "messages", "images": "images"}
+    table = pq.read_table(export / "cold.parquet").to_pylist()
+    assert [t["messages"] for t in table] == [r["messages"] for r in rows]
+    assert [t["images"] for t in table] == [r["images"] for r in rows]
+    sources = [t["source_item_id"] for t in table]
+    assert len(set(sources)) == len(sources), "an item was exported twice"
+    assert all(t["answer"] == gold[t["source_item_id"]] for t in table)
+    items = [
+        ScoreItem(completion=r["messages"][1]["content"], answer=gold[s])
+        for r, s in zip(rows, sources, strict=True)
+    ]
+    rewards = [result.reward for result in score("hfrrf", items, scorer=Scorer(InlineVerifier()))]
+    assert rewards == [1.0] * len(rows), rewards
+    return rows

@@ -1,0 +1,243 @@
+"""Training jobs through the platform: stage state, metrics, checkpoints, crash and resume.
+
+Runs are real processes (``vr1 train-run``) started by the local launcher, writing to the
+real PostgreSQL; the watcher relaunches a run that was killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from services.trainer import watcher
+from services.trainer.launcher import LocalLauncher
+from services.trainer.settings import TrainerSettings
+from shared.contracts.api import DatasetCreate
+from shared.contracts.specs import GrpoSpec, SftSpec, StageSpec
+from shared.datasets import register_dataset
+from shared.db.models import Artifact, Job, Metric, Run, Stage
+from shared.demo.teachers import register_sharegpt
+from shared.runner import Embedded, embedded
+from shared.settings import BaseVR1Settings
+
+pytestmark = pytest.mark.integration
+FAST_SFT = {
+    "learning_rate": 1e-3,
+    "lr_scheduler": "constant",
+    "warmup_ratio": 0.0,
+    "max_length": 256,
+    "global_batch_size": 4,
+    "per_device_batch_size": 4,
+}
+
+
+@pytest.fixture
+def platform(pg_migrated: str, tmp_path: Path) -> Embedded:
+    settings = BaseVR1Settings(
+        home=tmp_path / "home",
+        database_url=pg_migrated,
+        artifact_uri=(tmp_path / "artifacts").as_uri(),
+    )
+    return embedded(settings)
+
+
+@pytest.fixture
+def toy(platform: Embedded, tmp_path: Path, teachers: dict[str, Path]) -> dict[str, Any]:
+    """A student model, a cold set of clean samples, and RL prompts from the toy world."""
+    from shared.fixtures.tiny import build_tiny_vlm
+    from shared.fixtures.toy import read_rows
+
+    root = teachers["toy"]
+    rows = read_rows(root / "train.jsonl")
+    cold = [
+        {
+            "messages": [
+                {"role": "user", "content": "<image>" + r["question"]},
+                {
+                    "role": "assistant",
+                    "content": f"<think>The shape is {r['answer']}.</think>"
+                    f"<answer>{r['answer']}</answer>",
+                },
+            ],
+            "images": [r["image"]],
+        }
+        for r in rows[:8]
+    ]
+    cold_id = register_sharegpt(platform, name="cold-clean", examples=cold, image_root=root)
+    (tmp_path / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:16]))
+    team = platform.team()
+    with platform.db.session() as session:
+        request = DatasetCreate(name="rl", kind="rl", path=str(tmp_path / "rl.jsonl"))
+        rl, _ = register_dataset(
+            session, team=team, request=request, roots=[tmp_path, root], store=platform.store
+        )
+        rl_id = str(rl.id)
+    return {"student": build_tiny_vlm(tmp_path / "student", seed=0), "cold": cold_id, "rl": rl_id}
+
+
+def _stages(platform: Embedded, job_id: uuid.UUID) -> list[Stage]:
+    with platform.db.session() as session:
+        return list(
+            session.scalars(select(Stage).where(Stage.job_id == job_id).order_by(Stage.idx))
+        )
+
+
+def _metric(platform: Embedded, job_id: uuid.UUID, name: str) -> list[Metric]:
+    with platform.db.session() as session:
+        return list(
+            session.scalars(
+                select(Metric)
+                .where(Metric.job_id == job_id, Metric.name == name)
+                .order_by(Metric.stage_idx, Metric.step)
+            )
+        )
+
+
+def test_sft_job_writes_stage_metrics_and_a_loadable_checkpoint(
+    platform: Embedded, toy: dict[str, Any]
+) -> None:
+    spec = SftSpec(model=str(toy["student"]), dataset_id=toy["cold"], max_steps=6, **FAST_SFT)
+    job = platform.run(spec)
+    assert job.status == "succeeded", job.error
+    (stage,) = _stages(platform, job.id)
+    assert (stage.name, stage.status) == ("sft", "succeeded")
+    assert stage.checkpoint_uri == job.output["checkpoint_uri"]
+    losses = _metric(platform, job.id, "loss")
+    assert [m.step for m in losses] == list(range(1, 7))
+    checkpoint = platform.store.local_path(job.output["checkpoint_uri"])
+    assert (checkpoint / "config.json").is_file()
+    with platform.db.session() as session:
+        kinds = list(session.scalars(select(Artifact.kind).where(Artifact.job_id == job.id)))
+    assert kinds == ["checkpoint"]
+
+
+def _grpo_spec(toy: dict[str, Any], model: str, steps: int = 4) -> GrpoSpec:
+    return GrpoSpec(
+        model=model,
+        dataset_id=toy["rl"],
+        stages=[
+            StageSpec(max_completion_tokens=16, group_size=4, steps=steps, prompts_per_step=2),
+            StageSpec(max_completion_tokens=32, group_size=2, steps=steps, prompts_per_step=4),
+        ],
+        learning_rate=1e-4,
+        beta=0.0,
+    )
+
+
+def test_ptst_stages_run_with_their_own_cap_and_group_from_the_previous_stage(
+    platform: Embedded, toy: dict[str, Any]
+) -> None:
+    job = platform.run(_grpo_spec(toy, str(toy["student"])))
+    assert job.status == "succeeded", job.error
+    first, second = _stages(platform, job.id)
+    assert (first.status, second.status) == ("succeeded", "succeeded")
+    assert (first.config["max_completion_tokens"], first.config["group_size"]) == (16, 4)
+    assert (second.config["max_completion_tokens"], second.config["group_size"]) == (32, 2)
+    # Stage 2 started from stage 1's registered checkpoint, and finished after it.
+    assert first.checkpoint_uri is not None
+    stage1_weights = str(platform.store.local_path(first.checkpoint_uri))
+    assert second.summary["initial_weights"] == stage1_weights
+    assert first.finished_at is not None and second.started_at is not None
+    assert second.started_at >= first.finished_at
+    caps = {0: 16, 1: 32}
+    lengths = _metric(platform, job.id, "completion_len_max")
+    assert {m.stage_idx for m in lengths} == {0, 1}
+    assert all(m.value <= caps[m.stage_idx or 0] for m in lengths)
+    completions = {(m.stage_idx, m.value) for m in _metric(platform, job.id, "completions")}
+    assert completions == {(0, 8.0), (1, 8.0)}  # 2 prompts x 4, then 4 prompts x 2
+    for name in (
+        "reward_mean",
+        "accuracy",
+        "format_rate",
+        "truncated_frac",
+        "consistency",
+        "loss",
+        "step_time_s",
+        "completion_len_mean",
+    ):
+        assert len(_metric(platform, job.id, name)) == 8, name
+    assert job.output["checkpoint_uri"] == second.checkpoint_uri
+    assert [s["steps"] for s in job.output["stages"]] == [4.0, 4.0]
+
+
+def _wait_for(predicate: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_killed_run_is_relaunched_and_resumes_stage_two(
+    platform: Embedded, toy: dict[str, Any]
+) -> None:
+    settings = TrainerSettings(
+        home=platform.settings.home,
+        database_url=platform.settings.resolved_database_url,
+        artifact_uri=platform.settings.resolved_artifact_uri,
+        checkpoint_every=2,
+        heartbeat_interval_s=1.0,
+        stale_after_s=4.0,
+        torch_threads=1,
+    )
+    job_id = platform.submit(_grpo_spec(toy, str(toy["student"]), steps=8))
+    platform.dispatcher.pending.clear()  # launched below by the watcher's launcher instead
+    launcher = LocalLauncher()
+    handle = watcher.launch(platform.db, launcher, settings, str(job_id))
+    assert handle is not None
+    stage2_dir = platform.store.local_path(platform.store.uri_for(f"runs/{job_id}/stage-1"))
+    _wait_for(
+        lambda: any(stage2_dir.glob("checkpoint-*/trainer_state.json")), 600, "a stage 2 checkpoint"
+    )
+    first_before = _stages(platform, job_id)[0]
+    stage1_metrics = len(_metric(platform, job_id, "loss"))
+    os.killpg(int(handle), signal.SIGKILL)
+
+    _wait_for(
+        lambda: watcher.watch_once(platform.db, launcher, settings) != [],
+        60,
+        "the watcher to relaunch the run",
+    )
+    _wait_for(lambda: _stages(platform, job_id)[1].status == "succeeded", 600, "stage 2")
+    _wait_for(
+        lambda: launcher.status(_last_handle(platform, job_id)).phase != "running",
+        60,
+        "the run to exit",
+    )
+    with platform.db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert job.status == "succeeded", job.error
+        runs = session.scalar(select(func.count()).where(Run.job_id == job_id))
+    assert runs == 2
+    first, second = _stages(platform, job_id)
+    # Stage 1 was not repeated: same finish time and checkpoint, no new stage-1 metrics.
+    assert (first.finished_at, first.checkpoint_uri) == (
+        first_before.finished_at,
+        first_before.checkpoint_uri,
+    )
+    assert len([m for m in _metric(platform, job_id, "loss") if m.stage_idx == 0]) == 8
+    assert stage1_metrics >= 8
+    # Stage 2 resumed from its newest checkpoint, and its steps are recorded once each.
+    assert second.resume_checkpoint is not None
+    assert Path(second.resume_checkpoint).parent == stage2_dir
+    steps = [m.step for m in _metric(platform, job_id, "loss") if m.stage_idx == 1]
+    assert steps == list(range(1, 9))
+
+
+def _last_handle(platform: Embedded, job_id: uuid.UUID) -> str:
+    with platform.db.session() as session:
+        run = session.scalars(
+            select(Run).where(Run.job_id == job_id).order_by(Run.attempt.desc())
+        ).first()
+        assert run is not None
+        return run.handle
