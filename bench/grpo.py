@@ -62,11 +62,15 @@ def prepare(work: Path, seed: int) -> tuple[Path, Path]:
     from shared.fixtures.tiny import build_tiny_vlm
     from shared.fixtures.toy import generate_toy_dataset
 
-    toy = generate_toy_dataset(work / "toy", seed=seed, n_train=64, n_test=0, tasks=["shape_colour"])
+    toy = generate_toy_dataset(
+        work / "toy", seed=seed, n_train=64, n_test=0, tasks=["shape_colour"]
+    )
     return toy.train_path, build_tiny_vlm(work / "student", seed=seed)
 
 
-def platform_step_time(work: Path, prompts: Path, model: Path, steps: int, env: dict[str, str]) -> float:
+def platform_step_time(
+    work: Path, prompts: Path, model: Path, steps: int, env: dict[str, str]
+) -> float:
     """Seconds per step of a one-stage grpo job with the reward over HTTP."""
     from sqlalchemy import select
 
@@ -89,8 +93,14 @@ def platform_step_time(work: Path, prompts: Path, model: Path, steps: int, env: 
         spec = GrpoSpec(
             model=str(model),
             dataset_id=str(dataset.id),
-            stages=[StageSpec(max_completion_tokens=CAP, group_size=GROUP, steps=steps,
-                              prompts_per_step=PROMPTS)],
+            stages=[
+                StageSpec(
+                    max_completion_tokens=CAP,
+                    group_size=GROUP,
+                    steps=steps,
+                    prompts_per_step=PROMPTS,
+                )
+            ],
             reward_url=url,
             learning_rate=1e-4,
             beta=0.0,
@@ -100,7 +110,8 @@ def platform_step_time(work: Path, prompts: Path, model: Path, steps: int, env: 
             raise RuntimeError(f"grpo job {job.status}: {job.error}")
         with platform.db.session() as session:
             rows = session.scalars(
-                select(Metric).where(Metric.job_id == job.id, Metric.name == "loss")
+                select(Metric)
+                .where(Metric.job_id == job.id, Metric.name == "loss")
                 .order_by(Metric.step)
             )
             stamps = [row.created_at for row in rows]
@@ -110,13 +121,30 @@ def platform_step_time(work: Path, prompts: Path, model: Path, steps: int, env: 
     return (stamps[-1] - stamps[0]).total_seconds() / (len(stamps) - 1)
 
 
-def bare_step_time(work: Path, prompts: Path, model: Path, steps: int, env: dict[str, str]) -> float:
+def bare_step_time(
+    work: Path, prompts: Path, model: Path, steps: int, env: dict[str, str]
+) -> float:
     """Seconds per step of the bare TRL script."""
     out = work / "bare.json"
     subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "grpo_bare_trl.py"), "--model", str(model),
-         "--prompts", str(prompts), "--steps", str(steps), "--cap", str(CAP), "--group",
-         str(GROUP), "--prompts-per-step", str(PROMPTS), "--out", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "bench" / "grpo_bare_trl.py"),
+            "--model",
+            str(model),
+            "--prompts",
+            str(prompts),
+            "--steps",
+            str(steps),
+            "--cap",
+            str(CAP),
+            "--group",
+            str(GROUP),
+            "--prompts-per-step",
+            str(PROMPTS),
+            "--out",
+            str(out),
+        ],
         env=env,
         check=True,
     )
@@ -124,30 +152,49 @@ def bare_step_time(work: Path, prompts: Path, model: Path, steps: int, env: dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "VR1_TORCH_THREADS": str(args.threads),
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "VR1_TORCH_THREADS": str(args.threads),
+        "PYTHONPATH": str(ROOT),
+    }
     with tempfile.TemporaryDirectory(prefix="vr1-bench-grpo-") as tmp:
         work = Path(tmp)
         prompts, model = prepare(work, args.seed)
         bare = bare_step_time(work, prompts, model, args.steps, env)
         ours = platform_step_time(work, prompts, model, args.steps, env)
     ratio = ours / bare
-    print(f"GRPO stage, cap {CAP} x group {GROUP}, {PROMPTS} prompts/step, {args.steps} steps, "
-          f"{args.threads} thread(s)")
+    print(
+        f"GRPO stage, cap {CAP} x group {GROUP}, {PROMPTS} prompts/step, {args.steps} steps, "
+        f"{args.threads} thread(s)"
+    )
     print(f"{'path':<44}{'s/step':>10}")
     print(f"{'bare TRL GRPOTrainer script (baseline)':<44}{bare:>10.3f}")
     print(f"{'platform job (HTTP reward, DB metrics)':<44}{ours:>10.3f}")
     print(f"{'ratio platform / baseline':<44}{ratio:>10.3f}")
     if args.json:
-        args.json.write_text(json.dumps(
-            {"platform_step_s": ours, "bare_trl_step_s": bare, "ratio": ratio, "steps": args.steps,
-             "cap": CAP, "group_size": GROUP, "prompts_per_step": PROMPTS}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "platform_step_s": ours,
+                    "bare_trl_step_s": bare,
+                    "ratio": ratio,
+                    "steps": args.steps,
+                    "cap": CAP,
+                    "group_size": GROUP,
+                    "prompts_per_step": PROMPTS,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

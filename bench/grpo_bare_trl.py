@@ -44,8 +44,12 @@ def main() -> None:
     rows = [json.loads(line) for line in args.prompts.read_text().splitlines() if line.strip()]
     records = [
         {
-            "prompt": [{"role": "user", "content": [{"type": "image"},
-                                                    {"type": "text", "text": r["question"]}]}],
+            "prompt": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image"}, {"type": "text", "text": r["question"]}],
+                }
+            ],
             "images": [Image.open(args.prompts.parent / r["image"]).convert("RGB")],
             "answer": r["answer"],
         }

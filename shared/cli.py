@@ -264,7 +264,7 @@ def demo(
     """The main job on embedded defaults: what the platform can run end to end today."""
     from shared.demo import run_demo
 
-    report = run_demo(out, seed=seed, settings=BaseVR1Settings())
+    report = run_demo(out, seed=seed)
     typer.echo(json.dumps(report, indent=2))
 
 

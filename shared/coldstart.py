@@ -126,6 +126,36 @@ def cache_put(session: Session, step: str, outputs: dict[str, dict[str, Any]]) -
     session.execute(_insert(session, GenerationCache).values(rows).on_conflict_do_nothing())
 
 
+Outcome = tuple[GenerationRecord, str, str | None, str | None]  # record, status, reason, error
+
+
+def settle_many(session: Session, outcomes: Sequence[Outcome]) -> int:
+    """Move records to terminal statuses, each once; progress counters follow those moves
+    only.  One conditional UPDATE per distinct (status, reason, error), one for the job."""
+    groups: dict[tuple[str, str | None, str | None], list[GenerationRecord]] = {}
+    for record, status, reason, error in outcomes:
+        assert status in TERMINAL
+        groups.setdefault((status, reason, error), []).append(record)
+    deltas: dict[str, int] = {}
+    for (status, reason, error), records in groups.items():
+        moved = _rowcount(
+            session,
+            update(GenerationRecord)
+            .where(
+                GenerationRecord.id.in_([r.id for r in records]),
+                GenerationRecord.status.not_in(TERMINAL),
+            )
+            .values(status=status, reject_reason=reason, error=error, updated_at=utcnow()),
+        )
+        counter = "items_failed" if status == "failed" else "items_done"
+        deltas[counter] = deltas.get(counter, 0) + moved
+        for record in records:
+            session.expire(record)
+    if any(deltas.values()):
+        add_counters(session, outcomes[0][0].job_id, **deltas)
+    return sum(deltas.values())
+
+
 def settle(
     session: Session,
     record: GenerationRecord,
@@ -135,18 +165,7 @@ def settle(
     error: str | None = None,
 ) -> bool:
     """Move a record to a terminal status once; progress counters follow that move only."""
-    assert status in TERMINAL
-    moved = _rowcount(
-        session,
-        update(GenerationRecord)
-        .where(GenerationRecord.id == record.id, GenerationRecord.status.not_in(TERMINAL))
-        .values(status=status, reject_reason=reason, error=error, updated_at=utcnow()),
-    )
-    if moved:
-        counter = "items_failed" if status == "failed" else "items_done"
-        add_counters(session, record.job_id, **{counter: 1})
-        session.expire(record)
-    return bool(moved)
+    return settle_many(session, [(record, status, reason, error)]) == 1
 
 
 def record_attempt_failure(

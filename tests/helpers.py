@@ -14,7 +14,13 @@ def write_image(path: Path, colour: str = "red", size: int = 32) -> Path:
     return path
 
 
-def stand_in_teachers(cache_root: Path, *, seed: int = 0, steps: int = 200) -> dict[str, Path]:
+# (model size, SFT steps) per stand-in teacher, as the demo trains them: the describer's
+# text does not decide what is kept (the reasoner sees the gold answer), the reasoner must
+# learn to copy details from a long prompt, which the "teacher" size does in ~400 steps.
+TEACHERS = {"describer": ("tiny", 100), "reasoner": ("teacher", 400)}
+
+
+def stand_in_teachers(cache_root: Path, *, seed: int = 0) -> dict[str, Path]:
     """Train (once, then reuse from ``cache_root``) the demo's stand-in teachers.
 
     A tiny VLM describer and a tiny text reasoner taught the toy world's reference texts
@@ -37,7 +43,7 @@ def stand_in_teachers(cache_root: Path, *, seed: int = 0, steps: int = 200) -> d
             {s: {v: t.text for v, t in vs.items()} for s, vs in shipped().items()},
             inspect.getsource(teachers),
             seed,
-            steps,
+            TEACHERS,
         ],
         sort_keys=True,
     )
@@ -55,23 +61,24 @@ def stand_in_teachers(cache_root: Path, *, seed: int = 0, steps: int = 200) -> d
         paths["toy"], seed=seed, n_train=96, n_test=32, tasks=["shape_colour"]
     )
     rows = toy.read_rows(info.train_path)
-    options = SftOptions(
-        learning_rate=1e-3,
-        lr_scheduler="constant",
-        warmup_ratio=0.0,
-        max_steps=steps,
-        max_length=512,
-        global_batch_size=8,
-        per_device_batch_size=8,
-        freeze_vision=False,
-    )
     for name, examples, build in (
         ("describer", teachers.describer_rows(rows), tiny.build_tiny_vlm),
         ("reasoner", teachers.reasoner_rows(rows), tiny.build_tiny_text_lm),
     ):
+        size, steps = TEACHERS[name]
+        options = SftOptions(
+            learning_rate=1e-3,
+            lr_scheduler="constant",
+            warmup_ratio=0.0,
+            max_steps=steps,
+            max_length=512,
+            global_batch_size=8,
+            per_device_batch_size=8,
+            freeze_vision=False,
+        )
         data = paths["toy"] / f"{name}.json"
         data.write_text(json.dumps(examples))
-        base = build(root / "base" / name, seed=seed + 1, size="teacher")
+        base = build(root / "base" / name, seed=seed + 1, size=size)
         run_sft(base, data, root / name, options)
     (root / "done").write_text("ok\n")
     return paths

@@ -93,7 +93,6 @@ def caption_chunk(
         if not is_active(job):
             return
         mark_running(session, job.id)
-    with db.session() as session:
         fail_unusable_items(session, job.id, item_ids)
     owned = engine is None
     engine = engine or make_engine(spec.captioner)

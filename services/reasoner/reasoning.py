@@ -24,21 +24,22 @@ from services.reasoner.postprocess import (
 )
 from shared.coldstart import (
     TERMINAL,
+    Outcome,
     all_settled,
     claim_completion,
     ensure_records,
     is_active,
     load_job,
-    settle,
+    settle_many,
 )
-from shared.contracts.specs import ColdstartSpec
+from shared.contracts.specs import ColdstartFilters, ColdstartSpec
 from shared.db.models import GenerationRecord, Item
 from shared.db.session import Database
 from shared.engines import make_engine
 from shared.engines.base import Engine
 from shared.generation import StepPlan, run_step
 from shared.prompts import template_for
-from shared.rewards import ScoreItem, Scorer, consistency, default_scorer, score
+from shared.rewards import ScoreItem, Scorer, ScoreResult, consistency, default_scorer, score
 from shared.storage import ArtifactStore
 
 
@@ -77,6 +78,21 @@ def _candidate(record: GenerationRecord) -> Candidate:
     return Candidate(record.reasoning or "", record.final_answer or "", finish)
 
 
+def _outcome(
+    result: ScoreResult, turn: str, filters: ColdstartFilters
+) -> tuple[str, str | None, str | None]:
+    """Kept, or rejected with a reason and details, for one scored sample."""
+    if result.reward is None:
+        return ("rejected", "no_verdict", result.reason)
+    if not result.format_ok:
+        return ("rejected", "bad_format", result.reason)
+    if not result.answer_ok:
+        return ("rejected", "wrong_answer", result.extracted)
+    if filters.reject_inconsistent and consistency(turn) is False:
+        return ("rejected", "inconsistent", None)
+    return ("kept", None, None)
+
+
 def judge(
     session: Session,
     spec: ColdstartSpec,
@@ -85,6 +101,7 @@ def judge(
 ) -> None:
     """Settle every reasoned record: kept, or rejected with its reason."""
     filters = spec.filters
+    outcomes: list[Outcome] = []
     pending: list[tuple[GenerationRecord, Item, str]] = []
     for record, item in records:
         candidate = _candidate(record)
@@ -92,7 +109,7 @@ def judge(
             candidate, max_cot_chars=filters.max_cot_chars, reject_leaks=filters.reject_answer_leaks
         )
         if reason:
-            settle(session, record, "rejected", reason=reason)
+            outcomes.append((record, "rejected", reason, None))
             continue
         cot = (
             rewrite_wording(candidate.cot) if filters.rewrite_description_wording else candidate.cot
@@ -103,16 +120,9 @@ def judge(
     results = score("hfrrf", items, scorer=scorer) if items else []
     for (record, _item, turn), result in zip(pending, results, strict=True):
         record.verdict = result.answer_ok
-        if result.reward is None:
-            settle(session, record, "rejected", reason="no_verdict", error=result.reason)
-        elif not result.format_ok:
-            settle(session, record, "rejected", reason="bad_format", error=result.reason)
-        elif not result.answer_ok:
-            settle(session, record, "rejected", reason="wrong_answer", error=result.extracted)
-        elif filters.reject_inconsistent and consistency(turn) is False:
-            settle(session, record, "rejected", reason="inconsistent")
-        else:
-            settle(session, record, "kept")
+        outcomes.append((record, *_outcome(result, turn, filters)))
+    if outcomes:
+        settle_many(session, outcomes)
 
 
 def reason_chunk(

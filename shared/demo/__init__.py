@@ -51,7 +51,7 @@ class DemoConfig:
     n_test: int = 128
     n_cold: int = 4  # one clean sample per colour: enough to teach the format, not the task
     describer_steps: int = 100
-    reasoner_steps: int = 200
+    reasoner_steps: int = 400
     sft_steps: int = 300  # fewer leaves greedy output well formed but sampled output not
     eval_max_new_tokens: int = 64
     stages: tuple[StageSpec, ...] = field(

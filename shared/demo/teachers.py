@@ -55,25 +55,30 @@ def reasoner_target(row: dict[str, Any]) -> str:
 
 
 def reasoner_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One text-only example per toy item: the reasoning prompt and its target."""
+    """Text-only examples of the reasoning prompt and its target.
+
+    Each item appears twice: with its own description, and with another item's (a
+    describer can be wrong). The target always reaches the gold answer, so the stand-in
+    learns to reason towards the answer it is given, as the real recipe's reasoner does.
+    """
     template = template_for("reasoning", None)
-    return [
-        {
-            "messages": [
+    examples = []
+    for k, row in enumerate(rows):
+        other = rows[(k + 1) % len(rows)]
+        for description in (row["reference"]["description"], other["reference"]["description"]):
+            prompt = template.render(
+                description=description, question=row["question"], answer=row["answer"]
+            )
+            examples.append(
                 {
-                    "role": "user",
-                    "content": template.render(
-                        description=row["reference"]["description"],
-                        question=row["question"],
-                        answer=row["answer"],
-                    ),
-                },
-                {"role": "assistant", "content": reasoner_target(row)},
-            ],
-            "images": [],
-        }
-        for row in rows
-    ]
+                    "messages": [
+                        {"role": "user", "content": prompt},
+                        {"role": "assistant", "content": reasoner_target(row)},
+                    ],
+                    "images": [],
+                }
+            )
+    return examples
 
 
 def register_sharegpt(

@@ -29,7 +29,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import PG_ADMIN_URL, REDIS_URL
+from tests.conftest import PG_ADMIN_URL
 from tests.e2e.compose_stack import (
     Service,
     application_services,

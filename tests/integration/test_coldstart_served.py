@@ -108,7 +108,7 @@ def test_openai_captioner_against_transformers_serve(
     assert all(r.pseudo_cot and r.description for r in records.values())
 
     kept = [r for r in records.values() if r.status == "kept"]
-    assert len(kept) >= 2, [(r.reject_reason, r.description) for r in records.values()]
+    assert len(kept) >= 1, [(r.reject_reason, r.description) for r in records.values()]
     gold = {str(item_id): item.answer for item_id, item in items.items()}
     rows = check_export(emb.store.local_path(job.output["export_uri"]), gold)
     assert len(rows) == len(kept)

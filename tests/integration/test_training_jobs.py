@@ -50,13 +50,16 @@ def platform(pg_migrated: str, tmp_path: Path) -> Embedded:
 
 
 @pytest.fixture
-def toy(platform: Embedded, tmp_path: Path, teachers: dict[str, Path]) -> dict[str, Any]:
+def toy(platform: Embedded, tmp_path: Path) -> dict[str, Any]:
     """A student model, a cold set of clean samples, and RL prompts from the toy world."""
     from shared.fixtures.tiny import build_tiny_vlm
-    from shared.fixtures.toy import read_rows
+    from shared.fixtures.toy import generate_toy_dataset, read_rows
 
-    root = teachers["toy"]
-    rows = read_rows(root / "train.jsonl")
+    info = generate_toy_dataset(
+        tmp_path / "toy", seed=0, n_train=16, n_test=0, tasks=["shape_colour"]
+    )
+    root = info.root
+    rows = read_rows(info.train_path)
     cold = [
         {
             "messages": [
@@ -72,12 +75,12 @@ def toy(platform: Embedded, tmp_path: Path, teachers: dict[str, Path]) -> dict[s
         for r in rows[:8]
     ]
     cold_id = register_sharegpt(platform, name="cold-clean", examples=cold, image_root=root)
-    (tmp_path / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:16]))
+    (root / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:16]))
     team = platform.team()
     with platform.db.session() as session:
-        request = DatasetCreate(name="rl", kind="rl", path=str(tmp_path / "rl.jsonl"))
+        request = DatasetCreate(name="rl", kind="rl", path=str(root / "rl.jsonl"))
         rl, _ = register_dataset(
-            session, team=team, request=request, roots=[tmp_path, root], store=platform.store
+            session, team=team, request=request, roots=[root], store=platform.store
         )
         rl_id = str(rl.id)
     return {"student": build_tiny_vlm(tmp_path / "student", seed=0), "cold": cold_id, "rl": rl_id}
@@ -145,7 +148,8 @@ def test_ptst_stages_run_with_their_own_cap_and_group_from_the_previous_stage(
     assert first.checkpoint_uri is not None
     stage1_weights = str(platform.store.local_path(first.checkpoint_uri))
     assert second.summary["initial_weights"] == stage1_weights
-    assert first.finished_at is not None and second.started_at is not None
+    assert first.finished_at is not None
+    assert second.started_at is not None
     assert second.started_at >= first.finished_at
     caps = {0: 16, 1: 32}
     lengths = _metric(platform, job.id, "completion_len_max")
