@@ -69,6 +69,7 @@ def main() -> None:
         max_completion_length=args.cap,
         generation_kwargs={"suppress_tokens": suppress},
         learning_rate=1e-4,
+        lr_scheduler_type="constant",
         beta=0.0,
         epsilon=0.2,
         loss_type="dapo",

@@ -118,6 +118,7 @@ class RemoteTRLReward:
     ) -> None:
         self.reward, self.base_url, self.timeout = reward, base_url, timeout
         self.__name__ = f"{reward}_reward"
+        self._client: RewardClient | None = None  # kept open: one connection for all steps
 
     def __call__(
         self, completions: Sequence[Any], answer: Sequence[Any] | None = None, **kwargs: Any
@@ -126,8 +127,15 @@ class RemoteTRLReward:
         golds = answer if answer is not None else kwargs.get("solution")
         if golds is None:
             golds = [""] * len(completions)
-        with RewardClient(self.base_url, self.timeout) as client:
-            return [r.reward for r in client.score(self.reward, completions, golds)]
+        if self._client is None:
+            self._client = RewardClient(self.base_url, self.timeout)
+        return [r.reward for r in self._client.score(self.reward, completions, golds)]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"reward": self.reward, "base_url": self.base_url, "timeout": self.timeout}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["reward"], state["base_url"], state["timeout"])  # type: ignore[misc]
 
 
 def as_trl_reward(
