@@ -1,7 +1,7 @@
 """Job specs: what a user may ask for, validated at the API edge and stored with the job.
 
 Every job kind has one spec model; ``JobSpec`` is their union, told apart by ``kind``.
-Defaults are the paper's (VISION_R1.md); every one can be overridden.  Specs that are
+Defaults are the Vision-R1 paper's; every one can be overridden.  Specs that are
 part of a ``pipeline`` leave out the inputs that the previous step produces.
 """
 

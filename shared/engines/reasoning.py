@@ -1,6 +1,6 @@
 """Separate a model's chain of thought from its final content.
 
-Three conventions exist (VISION_R1.md §1): DeepSeek's API puts the CoT in
+Three conventions exist: DeepSeek's API puts the CoT in
 ``message.reasoning_content``; vLLM's reasoning parser uses ``message.reasoning`` (newer)
 or ``reasoning_content`` (older); raw models write ``<think>…</think>`` in the content, and
 R1 distills often omit the opening tag because the chat template already emitted it.

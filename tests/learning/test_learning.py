@@ -1,11 +1,11 @@
 """The tiny model must learn: cold-start SFT, then GRPO in two PTST stages, raises held-out
 accuracy on the toy world's shape-colour task, as measured by the platform's eval jobs.
 
-The recipe is the one measured to learn in about a minute on a 2-core CPU
-(ENVIRONMENT.md): 56x56 images, the "tiny" VLM, cold-start SFT on one clean sample per
-colour, then two compute-matched stages (cap 16 x group 8, then cap 32 x group 4, 64
-completions per step each) with the hard reward, no KL, and a linear learning-rate decay
-to zero inside each stage.
+The recipe is the one measured to learn in about a minute on a 2-core CPU: 56x56
+images, the "tiny" VLM, cold-start SFT on one clean sample per colour, then two
+compute-matched stages (cap 16 x group 8, then cap 32 x group 4, 64 completions per step
+each) with the hard reward, no KL, and a linear learning-rate decay to zero inside each
+stage.
 """
 
 from __future__ import annotations
