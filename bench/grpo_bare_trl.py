@@ -70,6 +70,9 @@ def main() -> None:
         generation_kwargs={"suppress_tokens": suppress},
         learning_rate=1e-4,
         lr_scheduler_type="constant",
+        activation_checkpointing=False,  # as the job runs on CPU: there it only costs time
+        bf16=False,  # the job trains in float32 on CPU
+        data_seed=0,
         beta=0.0,
         epsilon=0.2,
         loss_type="dapo",
