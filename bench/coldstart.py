@@ -35,12 +35,10 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -184,49 +182,14 @@ def job(
     return elapsed, finished.output["funnel"], final_answers
 
 
-@contextmanager
-def served(model: Path, logs: Path) -> Iterator[str]:
-    """A real ``transformers serve`` on ``model`` (image processor registered)."""
-    import httpx
-
-    from tests.coldstart_support import CHILD_ENV, free_port
-
-    port = free_port()
-    command = [sys.executable, "-m", "shared.fixtures.serve_entry", str(model)]
-    command += ["--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, **CHILD_ENV}
-    with (logs / "serve.log").open("wb") as log:
-        server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=log)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 180
-            while True:
-                if server.poll() is not None:
-                    raise SystemExit(f"transformers serve exited; see {logs / 'serve.log'}")
-                try:
-                    if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("transformers serve did not become healthy")
-                time.sleep(0.5)
-            yield base
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-
-
 def openai_throughput(
     model: Path, rows: list[dict[str, Any]], max_new_tokens: int, logs: Path
 ) -> dict[str, float]:
     """Captioner items/s (two calls per item) through the ``openai`` engine, by cap."""
     figures: dict[str, float] = {}
-    with served(model, logs) as base_url:
+    from tests.coldstart_support import transformers_serve
+
+    with transformers_serve(model, logs, timeout_s=180) as base_url:
         for cap in IN_FLIGHT:
             spec = EngineSpec(
                 engine="openai",

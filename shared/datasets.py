@@ -19,11 +19,12 @@ from typing import Any
 
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.contracts.api import DatasetCreate, RowError
 from shared.db.models import Dataset, Item, Team
-from shared.errors import DatasetInvalid, InvalidInput, UnsafePath
+from shared.errors import Conflict, DatasetInvalid, InvalidInput, UnsafePath
 from shared.storage import ArtifactStore
 
 MAX_REPORTED_ERRORS = 200
@@ -203,6 +204,9 @@ def register_dataset(
     store: ArtifactStore,
 ) -> tuple[Dataset, list[RowError]]:
     """Validate and store a dataset; nothing is written unless it is accepted."""
+    taken = select(Dataset.id).where(Dataset.team_id == team.id, Dataset.name == request.name)
+    if session.scalar(taken) is not None:
+        raise Conflict(f"dataset {request.name!r} already exists", name=request.name)
     path = resolve_import_path(request.path, roots)
     rows, errors = validate_file(request, path)
     if errors and request.on_error == "reject":

@@ -42,6 +42,13 @@ class ArtifactStore(Protocol):
     def exists(self, uri: str) -> bool: ...
 
 
+def path_from_uri(ref: str) -> Path:
+    """The local path a reference names: a ``file://`` URI or a plain path."""
+    if ref.startswith("file:"):
+        return Path(unquote(urlparse(ref).path))
+    return Path(ref)
+
+
 def safe_key(key: str) -> str:
     """Normalise a relative key, refusing absolute paths and '..' escapes."""
     path = PurePosixPath(key.replace("\\", "/"))
@@ -139,7 +146,7 @@ class LocalStore:
 
 StoreFactory = Callable[[str], ArtifactStore]
 _FACTORIES: dict[str, StoreFactory] = {
-    "file": lambda uri: LocalStore(Path(unquote(urlparse(uri).path))),
+    "file": lambda uri: LocalStore(path_from_uri(uri)),
 }
 
 

@@ -8,19 +8,19 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import httpx
 import pyarrow.parquet as pq
 from fastapi.testclient import TestClient
+
+from tests.helpers import served_model
 
 REPO = Path(__file__).resolve().parents[1]
 # One torch thread per process: reproducible outputs and no oversubscribed 2-core box.
@@ -190,38 +190,10 @@ def workers(
         pool.stop_all()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def transformers_serve(model: Path, logs: Path, *, timeout_s: float = 120.0) -> Iterator[str]:
-    """Base URL of a real ``transformers serve`` (image processor registered) on ``model``."""
-    port = free_port()
-    command = [sys.executable, "-m", "shared.fixtures.serve_entry", str(model)]
-    command += ["--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
-    logs.mkdir(parents=True, exist_ok=True)
-    server = Child(
-        f"serve-{port}", command, {**os.environ, **CHILD_ENV}, logs / f"serve-{port}.log"
-    )
-    base = f"http://127.0.0.1:{port}"
-    with ExitStack() as stack:
-        stack.callback(server.stop)
-        server.start()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            server.check_alive()
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"transformers serve not healthy after {timeout_s:.0f} s")
-            time.sleep(0.5)
+    """Base URL of a real ``transformers serve`` on ``model``, one torch thread."""
+    with served_model(model, logs / "serve.log", env=CHILD_ENV, timeout_s=timeout_s) as base:
         yield base
 
 

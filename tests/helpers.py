@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write_image(path: Path, colour: str = "red", size: int = 32) -> Path:
@@ -82,3 +92,51 @@ def stand_in_teachers(cache_root: Path, *, seed: int = 0) -> dict[str, Path]:
         run_sft(base, data, root / name, options)
     (root / "done").write_text("ok\n")
     return paths
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def served_model(
+    model: Path, log: Path, *, env: Mapping[str, str] | None = None, timeout_s: float = 120.0
+) -> Iterator[str]:
+    """Base URL of a real ``transformers serve`` on ``model``, started through the entry that
+    registers the image processor first (so images reach the model); stopped afterwards."""
+    port = free_port()
+    command = [sys.executable, "-m", "shared.fixtures.serve_entry", str(model)]
+    command += ["--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    with log.open("wb") as out:
+        server = subprocess.Popen(command, env=environment, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait_healthy(base, server, timeout_s)
+            yield base
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=15)
+
+
+def _wait_healthy(base: str, server: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"transformers serve exited early with code {server.returncode}")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"transformers serve did not become healthy within {timeout_s:.0f} s")

@@ -13,7 +13,7 @@ from services.gateway.paging import page_of
 from shared.contracts.api import DatasetCreate, DatasetCreated, DatasetOut, ItemOut, Page
 from shared.datasets import register_dataset
 from shared.db.models import Dataset, Item
-from shared.errors import Conflict, DatasetNotFound
+from shared.errors import DatasetNotFound
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 Limit = Annotated[int, Query(ge=1, le=500)]
@@ -32,9 +32,6 @@ def create_dataset(
     body: DatasetCreate, session: SessionDep, team: TeamDep, context: ContextDep
 ) -> DatasetCreated:
     """Register a dataset from a JSONL or Parquet file; every row is validated."""
-    taken = select(Dataset.id).where(Dataset.team_id == team.id, Dataset.name == body.name)
-    if session.scalar(taken) is not None:
-        raise Conflict(f"dataset {body.name!r} already exists", name=body.name)
     dataset, skipped = register_dataset(
         session,
         team=team,

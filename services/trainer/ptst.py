@@ -19,9 +19,10 @@ from services.trainer.callbacks import TrainingStopped
 from services.trainer.grpo import run_grpo_stage
 from services.trainer.inputs import prompt_rows
 from services.trainer.settings import TrainerSettings
-from services.trainer.tracking import Tracker, latest_checkpoint, local_model_path
+from services.trainer.tracking import Tracker, latest_checkpoint
 from shared.contracts.specs import GrpoSpec, StageSpec
 from shared.db.models import Metric, utcnow
+from shared.storage import path_from_uri
 
 SUMMARY_KEYS = (
     "reward_mean",
@@ -74,13 +75,15 @@ def run_grpo_job(tracker: Tracker, settings: TrainerSettings, spec: GrpoSpec) ->
     configs = [(stage_name(i, s), s.model_dump(mode="json")) for i, s in enumerate(spec.stages)]
     rows = tracker.ensure_stages(configs)
     prompts = prompt_rows(tracker.db, tracker.store, spec.dataset_id)
-    weights = local_model_path(tracker.store, spec.model)
+    weights = path_from_uri(spec.model)
     funcs = reward_funcs(spec)
     summaries = []
+    checkpoint_uri: str | None = None
     for idx, stage in enumerate(spec.stages):
         row = rows[idx]
         if row.status == "succeeded" and row.checkpoint_uri:
-            weights = local_model_path(tracker.store, row.checkpoint_uri)  # never redone
+            checkpoint_uri = row.checkpoint_uri
+            weights = path_from_uri(checkpoint_uri)  # never redone
             summaries.append(row.summary)
             continue
         out_dir = tracker.workdir / f"stage-{idx}"
@@ -103,7 +106,7 @@ def run_grpo_job(tracker: Tracker, settings: TrainerSettings, spec: GrpoSpec) ->
         except TrainingStopped as stopped:
             tracker.update_stage(idx, status="cancelled", summary={"stopped_at_step": stopped.step})
             raise
-        uri = tracker.save_artifact(
+        checkpoint_uri = tracker.save_artifact(
             final,
             f"runs/{tracker.job_id}/checkpoints/stage-{idx}",
             kind="checkpoint",
@@ -112,11 +115,12 @@ def run_grpo_job(tracker: Tracker, settings: TrainerSettings, spec: GrpoSpec) ->
         )
         summary = {**summarize(tracker, idx), "initial_weights": str(weights)}
         tracker.update_stage(
-            idx, status="succeeded", finished_at=utcnow(), checkpoint_uri=uri, summary=summary
+            idx,
+            status="succeeded",
+            finished_at=utcnow(),
+            checkpoint_uri=checkpoint_uri,
+            summary=summary,
         )
         summaries.append(summary)
-        weights = local_model_path(tracker.store, uri)  # the next stage starts from this one
-    return {
-        "checkpoint_uri": rows[-1].checkpoint_uri or tracker.stage(len(rows) - 1).checkpoint_uri,
-        "stages": summaries,
-    }
+        weights = path_from_uri(checkpoint_uri)  # the next stage starts from this one
+    return {"checkpoint_uri": checkpoint_uri, "stages": summaries}

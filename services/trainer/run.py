@@ -20,13 +20,13 @@ from services.trainer.inputs import prompt_rows, sft_train_file
 from services.trainer.ptst import run_grpo_job
 from services.trainer.settings import TrainerSettings
 from services.trainer.sft import run_sft
-from services.trainer.tracking import Heartbeat, Tracker, latest_checkpoint, local_model_path
+from services.trainer.tracking import Heartbeat, Tracker, latest_checkpoint
 from shared.contracts import queues
 from shared.contracts.specs import EvalSpec, GrpoSpec, SftSpec, parse_spec
 from shared.db.models import Dataset, EvalResult, Job, utcnow
 from shared.db.session import Database, Dispatcher, enqueue_after_commit
 from shared.errors import InvalidInput, JobNotFound
-from shared.storage import open_store
+from shared.storage import open_store, path_from_uri
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def run_sft_job(tracker: Tracker, settings: TrainerSettings, spec: SftSpec) -> d
     resume = latest_checkpoint(out_dir)
     tracker.start_stage(0, resume)
     final = run_sft(
-        local_model_path(tracker.store, spec.model),
+        path_from_uri(spec.model),
         sft_train_file(tracker.db, tracker.store, spec.dataset_id),
         out_dir,
         spec,
@@ -58,7 +58,7 @@ def run_eval_job(tracker: Tracker, spec: EvalSpec) -> dict[str, object]:
     """Accuracy per dataset; every item's completion and verdict stored."""
     tracker.ensure_stages([("eval", spec.model_dump(mode="json"))])
     tracker.start_stage(0, None)
-    model = local_model_path(tracker.store, spec.model)
+    model = path_from_uri(spec.model)
     table: dict[str, dict[str, float | int]] = {}
     for dataset_id in spec.dataset_ids:
         rows = prompt_rows(tracker.db, tracker.store, dataset_id)

@@ -13,7 +13,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from sqlalchemy import delete, select, update
 
@@ -162,10 +161,3 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
         if suffix.isdigit() and (path / "trainer_state.json").exists():
             found.append((int(suffix), path))
     return max(found)[1] if found else None
-
-
-def local_model_path(store: ArtifactStore, ref: str) -> Path:
-    """A model reference (folder, file:// artifact URI) as a local folder."""
-    if ref.startswith("file://"):
-        return Path(unquote(urlparse(ref).path))
-    return Path(ref)

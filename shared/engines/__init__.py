@@ -7,13 +7,12 @@ nor vLLM: the HTTP-only roles can use the request and result types freely.
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from typing import cast
-from urllib.parse import unquote, urlparse
 
 from shared.contracts.specs import EngineSpec
 from shared.engines.base import Engine, GenerationRequest, GenerationResult
 from shared.errors import InvalidInput
+from shared.storage import path_from_uri
 
 __all__ = ["BACKENDS", "Engine", "GenerationRequest", "GenerationResult", "make_engine"]
 
@@ -30,8 +29,7 @@ def make_engine(spec: EngineSpec) -> Engine:
         raise InvalidInput(f"unknown engine {spec.engine!r}", engine=spec.engine)
     if spec.engine != "openai" and spec.model.startswith("file:"):
         # A checkpoint registered as an artifact (e.g. a stand-in teacher's sft output).
-        local = Path(unquote(urlparse(spec.model).path))
-        spec = spec.model_copy(update={"model": str(local)})
+        spec = spec.model_copy(update={"model": str(path_from_uri(spec.model))})
     module_name, class_name = BACKENDS[spec.engine]
     backend = getattr(importlib.import_module(module_name), class_name)
     return cast(Engine, backend(spec))

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import base64
 import io
-from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shared.errors import ImageRejected
+from shared.storage import path_from_uri
 
 DEFAULT_MAX_PIXELS = 40_000_000
 UNREADABLE, TOO_LARGE = "image_unreadable", "image_too_large"
@@ -23,16 +22,9 @@ _KEEP_AS_IS = {"PNG": "image/png", "JPEG": "image/jpeg"}
 _PLAIN_MODES = {"RGB", "RGBA", "L", "LA", "P"}  # servers decode these; CMYK or 16-bit vary
 
 
-def image_path(ref: str) -> Path:
-    """The local path an image reference names (a plain path or a ``file://`` URI)."""
-    if ref.startswith("file://"):
-        return Path(unquote(urlparse(ref).path))
-    return Path(ref)
-
-
 def _open(ref: str, max_pixels: int) -> Image.Image:
     """Open and fully decode ``ref`` after checking its header size."""
-    path = image_path(ref)
+    path = path_from_uri(ref)
     try:
         image = Image.open(path)
     except FileNotFoundError as exc:
@@ -71,7 +63,7 @@ def image_data_url(
         small_enough = max_side is None or max(original.size) <= max_side
         plain = original.mode in _PLAIN_MODES and not _needs_transpose(original)
         if fmt in _KEEP_AS_IS and small_enough and plain:
-            raw = image_path(ref).read_bytes()
+            raw = path_from_uri(ref).read_bytes()
             return _data_url(_KEEP_AS_IS[fmt], raw)
         image = ImageOps.exif_transpose(original).convert("RGB")
     if not small_enough and max_side is not None:

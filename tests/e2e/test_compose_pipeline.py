@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -38,16 +37,11 @@ from tests.e2e.compose_stack import (
     rewrite_paths,
     start_order,
 )
+from tests.helpers import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 VENV_BIN = Path(sys.executable).parent
 TIMEOUT_S = 900
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -142,7 +136,7 @@ def _environments(
         if "VR1_REDIS_URL" in env:  # this machine's Redis, in the tests' own database
             env["VR1_REDIS_URL"] = env["VR1_REDIS_URL"].rsplit("/", 1)[0] + f"/{redis_db}"
         if "VR1_PORT" in env:
-            env["VR1_PORT"] = str(_free_port())
+            env["VR1_PORT"] = str(free_port())
         envs[name] = {**base, **env, "VR1_TORCH_THREADS": "1"}
     return envs
 

@@ -182,3 +182,13 @@ def test_unknown_ids_are_404_and_bad_ids_422(api: dict[str, Any]) -> None:
     assert client.get("/v1/jobs/not-a-uuid").status_code == 422
     assert client.get("/v1/jobs?limit=0").status_code == 422
     assert client.get("/v1/jobs?status=sleeping").status_code == 422
+
+
+def test_a_dataset_name_is_taken_once_per_team(api: dict[str, Any]) -> None:
+    _write_jsonl(api["data"] / "ds", [GOOD])
+    body = {"name": "d", "path": "ds/rows.jsonl"}
+    assert api["client"].post("/v1/datasets", json=body).status_code == 201
+    again = api["client"].post("/v1/datasets", json=body)
+    assert again.status_code == 409
+    assert "already exists" in again.json()["message"]
+    assert _counts(api)[0] == 1

@@ -21,9 +21,9 @@ from shared.contracts.api import DatasetCreate
 from shared.contracts.specs import ColdstartSpec
 from shared.datasets import register_dataset
 from shared.db.models import GenerationRecord, Item
-from shared.engines.images import image_path
 from shared.runner import Embedded, embedded
 from shared.settings import BaseVR1Settings
+from shared.storage import path_from_uri
 from tests.coldstart_support import check_export, engine, toy_subset
 from tests.openai_standin import StandinServer, Step, running
 
@@ -68,10 +68,10 @@ def _outcomes(emb: Embedded, job_id: uuid.UUID) -> dict[uuid.UUID, GenerationRec
 def test_bad_rows_fail_alone_with_their_reasons(tmp_path: Path, teachers: dict[str, Path]) -> None:
     emb, dataset_id, items = _platform(tmp_path, teachers["toy"], 8)
     missing, garbage, huge, empty = items[:4]
-    image_path(missing.images[0]).unlink()
-    image_path(garbage.images[0]).write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    path_from_uri(missing.images[0]).unlink()
+    path_from_uri(garbage.images[0]).write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     # 100 megapixels in a few kilobytes: the size is refused from the header, never decoded.
-    Image.new("1", (10_000, 10_000)).save(image_path(huge.images[0]), format="PNG")
+    Image.new("1", (10_000, 10_000)).save(path_from_uri(huge.images[0]), format="PNG")
     with emb.db.session() as session:
         session.execute(update(Item).where(Item.id == empty.id).values(question=""))
 

@@ -4,17 +4,11 @@ against a real ``transformers serve`` process (the image must reach the model)."
 from __future__ import annotations
 
 import importlib.util
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from PIL import Image
 
@@ -23,6 +17,7 @@ from shared.engines import GenerationRequest, make_engine
 from shared.engines.transformers_engine import TransformersEngine
 from shared.errors import NotAvailable
 from shared.fixtures.toy import generate_toy_dataset, read_rows
+from tests.helpers import served_model
 
 REPO = Path(__file__).resolve().parents[2]
 OFFLINE_ENV = {
@@ -191,49 +186,13 @@ def test_vllm_engine_on_the_tiny_models(world: World) -> None:
 # --- the openai engine against a real `transformers serve` ------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_healthy(base: str, server: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"transformers serve exited early with code {server.returncode}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"transformers serve did not become healthy within {timeout:.0f} s")
-
-
 @pytest.fixture(scope="module")
 def served_vlm(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of ``transformers serve`` running the tiny VLM, started with the processor
     registration so images are not dropped."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "shared.fixtures.serve_entry", str(world.vlm)]
-    command += ["--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(REPO)}
-    log = (tmp_path_factory.mktemp("serve") / "serve.log").open("wb")
-    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_healthy(base, server)
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with served_model(world.vlm, log, env=OFFLINE_ENV) as base:
         yield base
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=15)
-        log.close()
 
 
 @pytest.mark.integration

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import statistics
 import threading
 import time
@@ -16,18 +15,12 @@ from services.reward.app import create_app
 from services.reward.settings import RewardSettings
 from shared.errors import InvalidInput, PayloadTooLarge
 from shared.reward_client import RewardClient, as_trl_reward
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
 
 LIMIT_S = 2.0
 GOOD = "<think>6/2 = 3</think><answer>3</answer>"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

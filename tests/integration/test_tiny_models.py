@@ -5,11 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import httpx
 import pytest
 
 from shared.fixtures.toy import generate_toy_dataset, read_rows
+from tests.helpers import served_model
 
 REPO = Path(__file__).resolve().parents[2]
 OFFLINE_ENV = {
@@ -136,27 +135,6 @@ def test_load_and_generate_in_a_fresh_process(built: dict[str, Path]) -> None:
     assert result["text_new_tokens"] == 16
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_healthy(base: str, server: subprocess.Popen[bytes], timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"transformers serve exited early with code {server.returncode}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"transformers serve did not become healthy within {timeout:.0f} s")
-
-
 def _prompt_tokens(base: str, model: str, content: list[dict[str, Any]]) -> int:
     body = {"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": content}]}
     response = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=60)
@@ -167,27 +145,12 @@ def _prompt_tokens(base: str, model: str, content: list[dict[str, Any]]) -> int:
 
 @pytest.mark.slow
 def test_transformers_serve_keeps_the_image(built: dict[str, Path], tmp_path: Path) -> None:
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
     model = str(built["vlm"])
-    command = [sys.executable, "-m", "shared.fixtures.serve_entry", model]
-    command += ["--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
-    log = (tmp_path / "serve.log").open("wb")
-    server = subprocess.Popen(command, env=_env(), stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_healthy(base, server)
+    with served_model(built["vlm"], tmp_path / "serve.log", env=OFFLINE_ENV) as base:
         image = base64.b64encode(built["image"].read_bytes()).decode()
         question = {"type": "text", "text": "What colour is the shape?"}
         picture = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}}
         text_only = _prompt_tokens(base, model, [question])
         with_image = _prompt_tokens(base, model, [picture, question])
-        # vision start + 4 image tokens + vision end: the image reached the model
-        assert with_image == text_only + 6
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=15)
-        log.close()
+    # vision start + 4 image tokens + vision end: the image reached the model
+    assert with_image == text_only + 6

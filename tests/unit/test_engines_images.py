@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from shared.engines.images import image_data_url, image_path, load_image
+from shared.engines.images import image_data_url, load_image
 from shared.errors import ImageRejected
+from shared.storage import path_from_uri
 from tests.helpers import write_image
 
 
@@ -26,7 +27,7 @@ def test_loads_rgb_from_a_path_or_a_file_uri(tmp_path: Path) -> None:
     for ref in (str(path), path.as_uri()):
         image = load_image(ref)
         assert (image.mode, image.size) == ("RGB", (20, 20))
-    assert image_path(path.as_uri()) == path
+    assert path_from_uri(path.as_uri()) == path
 
 
 @pytest.mark.parametrize(
