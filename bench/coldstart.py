@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))  # the stand-in teachers are built by the test hel
 
 from sqlalchemy import select  # noqa: E402
 
-from services.reasoner.postprocess import extract_final_answer  # noqa: E402
+from entrypoints.bootstrap import embedded  # noqa: E402
 from shared.contracts.api import DatasetCreate  # noqa: E402
 from shared.contracts.specs import ColdstartSpec, EngineSpec  # noqa: E402
 from shared.datasets import register_dataset  # noqa: E402
@@ -56,8 +56,12 @@ from shared.engines import Engine, GenerationRequest, make_engine  # noqa: E402
 from shared.engines.transformers_engine import TransformersEngine  # noqa: E402
 from shared.fixtures.toy import read_rows  # noqa: E402
 from shared.prompts import template_for  # noqa: E402
-from shared.rewards import ScoreItem, default_scorer, score  # noqa: E402
-from shared.runner import embedded  # noqa: E402
+from shared.rewards import (  # noqa: E402
+    ScoreItem,
+    default_scorer,
+    extract_final_answer,
+    score,
+)
 from shared.settings import BaseVR1Settings  # noqa: E402
 
 IN_FLIGHT = (1, 4, 16)

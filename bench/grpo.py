@@ -40,7 +40,7 @@ def _start_reward_service(env: dict[str, str]) -> tuple[subprocess.Popen[bytes],
 
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "serve", "reward"],
+        [sys.executable, "-m", "entrypoints.cli", "serve", "reward"],
         env={**env, "VR1_PORT": str(port), "VR1_WORKERS": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -74,11 +74,11 @@ def platform_step_time(
     """Seconds per step of a one-stage grpo job with the reward over HTTP."""
     from sqlalchemy import select
 
+    from entrypoints.bootstrap import embedded
     from shared.contracts.api import DatasetCreate
     from shared.contracts.specs import GrpoSpec, StageSpec
     from shared.datasets import register_dataset
     from shared.db.models import Metric
-    from shared.runner import embedded
     from shared.settings import BaseVR1Settings
 
     service, url = _start_reward_service(env)

@@ -31,11 +31,11 @@ def main() -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from shared.fixtures.qwen_processor import register_processor
+    from shared.engines.loading import register_image_only_processor
     from shared.rewards import reward_fn
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    register_processor()
+    register_image_only_processor()
     processor = AutoProcessor.from_pretrained(args.model)
     model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=torch.float32)
     for name, parameter in model.named_parameters():  # vision tower frozen, as the job does

@@ -20,13 +20,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared.contracts.specs import ColdstartSpec, EngineSpec, parse_spec
+from shared.contracts.status import RECORD_TERMINAL, JobStatus, RecordStatus
 from shared.db.models import GenerationCache, GenerationRecord, Item, Job, utcnow
-from shared.errors import JobNotFound
-from shared.jobs import add_counters
+from shared.errors import InvalidInput, WrongJobKind
+from shared.jobs import add_counters, get_job
 
-# A record's step says how far its item got; its status says whether it is settled.
-STEPS = ("pending", "captioned", "described", "reasoned")
-TERMINAL = ("kept", "rejected", "failed")
+# A record's step (RecordStep) says how far its item got; its status whether it is settled.
 
 
 def _insert(session: Session, model: type[Any]) -> Any:
@@ -41,27 +40,12 @@ def _rowcount(session: Session, statement: Update) -> int:
 
 
 def load_job(session: Session, job_id: str) -> tuple[Job, ColdstartSpec]:
-    """A coldstart job and its spec; raises JobNotFound."""
-    job = session.get(Job, uuid.UUID(job_id))
-    if job is None:
-        raise JobNotFound(job_id)
+    """A coldstart job and its spec; raises JobNotFound or WrongJobKind."""
+    job = get_job(session, team=None, job_id=job_id)
     spec = parse_spec(job.spec)
-    assert isinstance(spec, ColdstartSpec), f"job {job_id} is a {job.kind} job"
+    if not isinstance(spec, ColdstartSpec):
+        raise WrongJobKind(job_id, expected="coldstart", actual=job.kind)
     return job, spec
-
-
-def is_active(job: Job) -> bool:
-    """Whether work for this job should go on (not cancelled, not finished)."""
-    return not job.cancel_requested and job.status in ("queued", "running")
-
-
-def mark_running(session: Session, job_id: uuid.UUID) -> None:
-    """queued → running, once."""
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
-        .values(status="running", started_at=utcnow())
-    )
 
 
 def ensure_records(
@@ -134,7 +118,8 @@ def settle_many(session: Session, outcomes: Sequence[Outcome]) -> int:
     only.  One conditional UPDATE per distinct (status, reason, error), one for the job."""
     groups: dict[tuple[str, str | None, str | None], list[GenerationRecord]] = {}
     for record, status, reason, error in outcomes:
-        assert status in TERMINAL
+        if status not in RECORD_TERMINAL:
+            raise InvalidInput(f"{status!r} is not a settled record status", record=record.id)
         groups.setdefault((status, reason, error), []).append(record)
     deltas: dict[str, int] = {}
     for (status, reason, error), records in groups.items():
@@ -143,11 +128,11 @@ def settle_many(session: Session, outcomes: Sequence[Outcome]) -> int:
             update(GenerationRecord)
             .where(
                 GenerationRecord.id.in_([r.id for r in records]),
-                GenerationRecord.status.not_in(TERMINAL),
+                GenerationRecord.status.not_in(RECORD_TERMINAL),
             )
             .values(status=status, reject_reason=reason, error=error, updated_at=utcnow()),
         )
-        counter = "items_failed" if status == "failed" else "items_done"
+        counter = "items_failed" if status == RecordStatus.FAILED else "items_done"
         deltas[counter] = deltas.get(counter, 0) + moved
         for record in records:
             session.expire(record)
@@ -168,15 +153,20 @@ def settle(
     return settle_many(session, [(record, status, reason, error)]) == 1
 
 
-def record_attempt_failure(
-    session: Session, record: GenerationRecord, *, reason: str, max_attempts: int
-) -> bool:
-    """Count a failed try; settle the item as failed once its tries are used up."""
-    record.attempts += 1
-    record.error = reason
-    if record.attempts >= max_attempts:
-        return settle(session, record, "failed", reason=reason.split(":", 1)[0], error=reason)
-    return False
+def start_attempts(
+    session: Session, step: str, records: Sequence[GenerationRecord], max_attempts: int
+) -> list[GenerationRecord]:
+    """Count one more start of ``step`` on each record; those already started
+    ``max_attempts`` times (each start died with its worker) are settled as failed
+    instead.  Returns the records to run."""
+    runnable = [r for r in records if r.attempts < max_attempts]
+    spent = [r for r in records if r.attempts >= max_attempts]
+    for record in runnable:
+        record.attempts += 1
+    if spent:
+        error = f"{step} was started {max_attempts} times without finishing"
+        settle_many(session, [(r, RecordStatus.FAILED, f"{step}_gave_up", error) for r in spent])
+    return runnable
 
 
 def all_settled(session: Session, job: Job) -> bool:
@@ -184,7 +174,7 @@ def all_settled(session: Session, job: Job) -> bool:
     settled = session.scalar(
         select(func.count())
         .select_from(GenerationRecord)
-        .where(GenerationRecord.job_id == job.id, GenerationRecord.status.in_(TERMINAL))
+        .where(GenerationRecord.job_id == job.id, GenerationRecord.status.in_(RECORD_TERMINAL))
     )
     return (settled or 0) >= job.items_total
 
@@ -198,7 +188,7 @@ def claim_completion(session: Session, job_id: uuid.UUID) -> bool:
     claimed = _rowcount(
         session,
         update(Job)
-        .where(Job.id == job_id, Job.status == "running")
-        .values(status="succeeded", finished_at=utcnow()),
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
+        .values(status=JobStatus.SUCCEEDED, finished_at=utcnow()),
     )
     return bool(claimed)

@@ -1,10 +1,11 @@
-"""Registering datasets: read JSONL or Parquet, validate every row, store items and images.
+"""Datasets: registering source files (JSONL or Parquet), listing them and their items.
 
 Images may be file paths (relative to the dataset file's folder, never escaping it) or
 embedded bytes as Hugging Face ``datasets`` writes them (``{"bytes": ..., "path": ...}``,
 alone or in a list, as in the released Vision-R1-rl parquet).  Validation reads the whole
 file first; with ``on_error="reject"`` one bad row fails the request and nothing is
 written.  Images are copied into the artifact store so workers anywhere can read them.
+Cold-start sets (``cold`` datasets) are made by ``shared.cold_data``.
 """
 
 from __future__ import annotations
@@ -12,20 +13,30 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.contracts.api import DatasetCreate, RowError
 from shared.db.models import Dataset, Item, Team
-from shared.errors import Conflict, DatasetInvalid, InvalidInput, UnsafePath
+from shared.errors import (
+    Conflict,
+    DatasetInvalid,
+    DatasetNotFound,
+    InvalidInput,
+    UnsafePath,
+    VR1Error,
+)
 from shared.storage import ArtifactStore
+from shared.teams import load_owned
 
 MAX_REPORTED_ERRORS = 200
 _IMAGE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp"}
@@ -89,7 +100,7 @@ def _iter_records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | 
     if fmt == "parquet":
         try:
             parquet = pq.ParquetFile(path)
-        except Exception as exc:  # pyarrow raises several unrelated types
+        except (pa.ArrowException, OSError) as exc:
             raise InvalidInput(f"not a readable Parquet file: {exc}", field="path") from exc
         number = 0
         for batch in parquet.iter_batches(batch_size=256):
@@ -265,6 +276,29 @@ def _store_items(
 def _remove_prefix(store: ArtifactStore, prefix: str) -> None:
     try:
         folder = store.local_path(store.uri_for(prefix))
-    except Exception:  # non-local stores clean up through their own lifecycle rules
+    except VR1Error:  # non-local stores clean up through their own lifecycle rules
         return
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def get_dataset(session: Session, *, team: Team | None, dataset_id: uuid.UUID) -> Dataset:
+    """A dataset by ID; another team's dataset does not exist for the caller."""
+    return load_owned(session, Dataset, dataset_id, team=team, missing=DatasetNotFound)
+
+
+def list_datasets(
+    session: Session, *, team: Team, kind: str | None, limit: int, offset: int
+) -> tuple[list[Dataset], int]:
+    """A page of the team's datasets, newest first, and how many match in all."""
+    query = select(Dataset).where(Dataset.team_id == team.id)
+    if kind:
+        query = query.where(Dataset.kind == kind)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Dataset.created_at.desc()).limit(limit).offset(offset))
+    return list(rows), total
+
+
+def list_items(session: Session, *, dataset: Dataset, limit: int, offset: int) -> list[Item]:
+    """A page of a dataset's items, in file order."""
+    query = select(Item).where(Item.dataset_id == dataset.id).order_by(Item.idx)
+    return list(session.scalars(query.limit(limit).offset(offset)))

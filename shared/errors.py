@@ -51,8 +51,12 @@ class TeamNotFound(NotFound):
 
 
 class ArtifactNotFound(NotFound):
-    def __init__(self, uri: str) -> None:
-        super().__init__(f"artifact {uri} not found", uri=uri)
+    """An artifact the caller cannot see, or (``uri``) whose stored bytes are gone."""
+
+    def __init__(self, artifact_id: Any = None, *, uri: str | None = None) -> None:
+        what = artifact_id if artifact_id is not None else uri
+        ids = {"artifact_id": str(artifact_id)} if artifact_id is not None else {}
+        super().__init__(f"artifact {what} not found", **ids, **({"uri": uri} if uri else {}))
 
 
 class Unauthorized(VR1Error):
@@ -70,6 +74,16 @@ class InvalidInput(VR1Error):
 
     status_code = 422
     code = "invalid_input"
+
+
+class WrongJobKind(InvalidInput):
+    """A job handed to code for another kind of job (a misrouted message, say)."""
+
+    code = "wrong_job_kind"
+
+    def __init__(self, job_id: Any, *, expected: str, actual: str) -> None:
+        message = f"job {job_id} is a {actual} job; expected {expected}"
+        super().__init__(message, job_id=str(job_id), kind=actual)
 
 
 class DatasetInvalid(InvalidInput):

@@ -2,10 +2,15 @@
 
 A step is described by a :class:`StepPlan`: which records need it, what prompt and
 images each gets, and how an output is stored.  The runner reads the chunk, serves what
-the cache already holds, calls the engine for the rest outside any transaction (a model
-call can take minutes), then stores outputs and failures in one short transaction.
-Items that failed are tried again, up to the job's attempt limit; then they are settled
-as failed with their reason and the chunk goes on.
+the cache already holds, counts a start on the rest, calls the engine for them outside
+any transaction (a model call can take minutes), then stores outputs and failures in one
+short transaction.
+
+Retries live in the engine, which knows what is worth retrying (a 429, a 5xx, a dropped
+connection) and how long to wait.  An error result is therefore final: the item is
+settled as failed with its reason and the chunk goes on.  The job's ``max_attempts``
+bounds something else: how many times a step may be *started* on an item, so an item
+whose call kills its worker every time is given up after that many redeliveries.
 """
 
 from __future__ import annotations
@@ -19,23 +24,22 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.coldstart import (
-    TERMINAL,
     cache_get,
     cache_key,
     cache_put,
     ensure_records,
-    is_active,
-    record_attempt_failure,
+    settle,
+    start_attempts,
 )
 from shared.contracts.specs import EngineSpec
+from shared.contracts.status import RECORD_TERMINAL, RecordStatus
 from shared.db.models import GenerationRecord, Item, Job
 from shared.db.session import Database
 from shared.engines.base import Engine, GenerationRequest, GenerationResult
+from shared.jobs import is_active
 from shared.prompts import Template
 
 Inputs = tuple[str, tuple[str, ...]]  # prompt text, image references
-# Failures that come from the item itself: asking again cannot change the answer.
-PERMANENT_ERRORS = frozenset({"image_unreadable", "image_too_large", "images_unsupported"})
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class StepPlan:
 
 @dataclass(frozen=True)
 class _Prepared:
-    record_id: int
+    record: GenerationRecord
     item_id: uuid.UUID
     prompt: str
     images: tuple[str, ...]
@@ -86,11 +90,11 @@ def usage_entry(output: dict[str, Any], *, cached: bool) -> dict[str, Any]:
 def _prepare(session: Session, job: Job, item_ids: list[str], plan: StepPlan) -> list[_Prepared]:
     prepared = []
     for record, item in ensure_records(session, job.id, item_ids):
-        if record.status in TERMINAL or not plan.needs(record):
+        if record.status in RECORD_TERMINAL or not plan.needs(record):
             continue
         prompt, images = plan.inputs(record, item)
         key = cache_key(plan.step, plan.engine_spec, plan.template.version, prompt, images)
-        prepared.append(_Prepared(record.id, item.id, prompt, images, key))
+        prepared.append(_Prepared(record, item.id, prompt, images, key))
     return prepared
 
 
@@ -104,34 +108,33 @@ def run_step(
     max_attempts: int,
 ) -> bool:
     """Bring every record of the chunk through one step; False if the job stopped."""
-    for _ in range(max_attempts):
-        with db.session() as session:
-            job = session.get(Job, uuid.UUID(job_id))
-            if job is None or not is_active(job):
-                return False
-            prepared = _prepare(session, job, item_ids, plan)
-            cached = cache_get(session, (p.key for p in prepared))
-        if not prepared:
-            return True
+    with db.session() as session:
+        job = session.get(Job, uuid.UUID(job_id))
+        if job is None or not is_active(job):
+            return False
+        prepared = _prepare(session, job, item_ids, plan)
+        cached = cache_get(session, (p.key for p in prepared))
         misses = [p for p in prepared if p.key not in cached]
-        requests = [GenerationRequest(prompt=p.prompt, images=p.images) for p in misses]
-        results = engine.generate(requests) if requests else []
-        with db.session() as session:
-            fresh: dict[str, dict[str, Any]] = {}
-            errors: dict[str, GenerationResult] = {}
-            for p, result in zip(misses, results, strict=True):
-                if result.ok:
-                    fresh[p.key] = output_of(result)
-                else:
-                    errors[p.key] = result
-            cache_put(session, plan.step, fresh)
-            loaded = _load(session, [p.record_id for p in prepared])
-            for p in prepared:
-                _store(
-                    session, plan, p, loaded.get(p.record_id), cached, fresh, errors, max_attempts
-                )
-        if not errors:
-            return True  # nothing left to try again
+        started = start_attempts(session, plan.step, [p.record for p in misses], max_attempts)
+        started_ids = {record.id for record in started}
+        misses = [p for p in misses if p.record.id in started_ids]
+    if not prepared:
+        return True
+    params = plan.engine_spec.generation  # the engine is shared; each request carries its own
+    requests = [GenerationRequest(p.prompt, p.images, params=params) for p in misses]
+    results = engine.generate(requests) if requests else []
+    with db.session() as session:
+        fresh: dict[str, dict[str, Any]] = {}
+        errors: dict[str, GenerationResult] = {}
+        for p, result in zip(misses, results, strict=True):
+            if result.ok:
+                fresh[p.key] = output_of(result)
+            else:
+                errors[p.key] = result
+        cache_put(session, plan.step, fresh)
+        loaded = _load(session, [p.record.id for p in prepared])
+        for p in prepared:
+            _store(session, plan, p, loaded.get(p.record.id), cached, fresh, errors)
     return True
 
 
@@ -153,24 +156,22 @@ def _store(
     cached: dict[str, dict[str, Any]],
     fresh: dict[str, dict[str, Any]],
     errors: dict[str, GenerationResult],
-    max_attempts: int,
 ) -> None:
     if loaded is None:
         return  # the item was deleted meanwhile
     record, item = loaded
-    if record.status in TERMINAL or not plan.needs(record):
+    if record.status in RECORD_TERMINAL or not plan.needs(record):
         return  # settled meanwhile by a duplicate delivery
     record.prompt_versions = {**record.prompt_versions, plan.step: plan.template.version}
     output = fresh.get(prepared.key) or cached.get(prepared.key)
     if output is not None:
         usage = usage_entry(output, cached=prepared.key not in fresh)
         record.tokens = {**record.tokens, plan.step: usage}
+        record.attempts = 0  # the next step starts counting afresh
         plan.apply(session, record, item, output)
         return
-    failed = errors[prepared.key]
-    reason = f"{failed.error_kind or 'engine_error'}: {failed.error}"
-    if failed.error_kind in PERMANENT_ERRORS:
-        max_attempts = 1
-    record_attempt_failure(
-        session, record, reason=f"{plan.step}_{reason}", max_attempts=max_attempts
-    )
+    failed = errors.get(prepared.key)
+    if failed is None:
+        return  # not started in this delivery (another delivery holds it)
+    reason = f"{plan.step}_{failed.error_kind or 'engine_error'}"
+    settle(session, record, RecordStatus.FAILED, reason=reason, error=f"{reason}: {failed.error}")

@@ -1,7 +1,9 @@
-"""The job service: create, start, cancel, list — used by the gateway and the embedded runner.
+"""The job service: create, start, finish, cancel, list and read — used by the gateway,
+the workers and the embedded runner.
 
 Creating a job writes it and registers its first messages on the session; they leave
-only when the caller's transaction commits (see ``shared.db.session``).
+only when the caller's transaction commits (see ``shared.db.session``).  Finishing a job
+settles it once and tells its pipeline, if it has one.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared.contracts import queues
-from shared.contracts.api import TERMINAL_STATUSES
 from shared.contracts.specs import (
     ColdstartSpec,
     JobSpec,
@@ -23,9 +24,11 @@ from shared.contracts.specs import (
     referenced_datasets,
     spec_warnings,
 )
-from shared.db.models import Dataset, Item, Job, Team, utcnow
+from shared.contracts.status import JOB_ACTIVE, JOB_TERMINAL, JobStatus
+from shared.db.models import Dataset, Item, Job, Metric, Stage, Team, utcnow
 from shared.db.session import enqueue_after_commit
 from shared.errors import Conflict, InvalidInput, JobNotFound
+from shared.teams import load_owned
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,14 @@ class JobFilter:
     status: str | None = None
     kind: str | None = None
     parent_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class MetricFilter:
+    names: list[str] | None = None
+    stage: int | None = None
+    after_step: int | None = None
+    limit: int = 10_000
 
 
 def _parse_uuid(value: str, field: str) -> uuid.UUID:
@@ -65,7 +76,7 @@ def create_job(
         parent_id=parent.id if parent else None,
         name=name or spec.kind,
         kind=spec.kind,
-        status="queued",
+        status=JobStatus.QUEUED,
         spec=spec.model_dump(mode="json"),
         warnings=spec_warnings(spec),
     )
@@ -101,12 +112,57 @@ def _plan_coldstart(session: Session, job: Job, spec: ColdstartSpec) -> None:
         enqueue_after_commit(session, queues.CAPTION_BATCH, [str(job.id), chunk])
 
 
-def get_job(session: Session, *, team: Team | None, job_id: uuid.UUID) -> Job:
+def get_job(session: Session, *, team: Team | None, job_id: uuid.UUID | str) -> Job:
     """A job by ID; another team's job does not exist for the caller."""
-    job = session.get(Job, job_id)
-    if job is None or (team is not None and job.team_id != team.id):
-        raise JobNotFound(job_id)
-    return job
+    return load_owned(session, Job, _job_uuid(job_id), team=team, missing=JobNotFound)
+
+
+def _job_uuid(job_id: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(job_id, uuid.UUID):
+        return job_id
+    try:
+        return uuid.UUID(job_id)
+    except ValueError as exc:
+        raise JobNotFound(job_id) from exc
+
+
+def is_active(job: Job) -> bool:
+    """Whether work for this job should go on (not cancelled, not finished)."""
+    return not job.cancel_requested and job.status in JOB_ACTIVE
+
+
+def mark_running(session: Session, job_id: uuid.UUID) -> None:
+    """queued → running, once, whoever starts first."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.RUNNING, started_at=utcnow())
+    )
+
+
+def finish_job(
+    session: Session,
+    job: Job,
+    status: JobStatus,
+    *,
+    error: str | None = None,
+    output: dict[str, Any] | None = None,
+) -> bool:
+    """Settle a still-active job once; its pipeline (if any) is told either way, so a
+    pipeline whose child was settled by someone else still moves on."""
+    settled = job.status in JOB_ACTIVE
+    if settled:
+        job.status, job.finished_at, job.error = status, utcnow(), error
+        if output is not None:
+            job.output = output
+    notify_parent(session, job)
+    return settled
+
+
+def notify_parent(session: Session, job: Job) -> None:
+    """Tell a child job's pipeline to look again (after this transaction commits)."""
+    if job.parent_id is not None:
+        enqueue_after_commit(session, queues.JOB_ADVANCE, [str(job.parent_id)])
 
 
 def list_jobs(
@@ -129,14 +185,14 @@ def list_jobs(
 
 def cancel_job(session: Session, *, job: Job) -> Job:
     """Ask a job (and its children) to stop; queued work is dropped when it arrives."""
-    if job.status in TERMINAL_STATUSES:
+    if job.status in JOB_TERMINAL:
         raise Conflict(f"job {job.id} is already {job.status}", job_id=str(job.id))
     children = session.scalars(select(Job).where(Job.parent_id == job.id))
     for child in children:
-        if child.status not in TERMINAL_STATUSES:
+        if child.status not in JOB_TERMINAL:
             cancel_job(session, job=child)
     job.cancel_requested = True
-    job.status = "cancelled"
+    job.status = JobStatus.CANCELLED
     job.finished_at = utcnow()
     return job
 
@@ -145,6 +201,24 @@ def is_cancelled(session: Session, job_id: uuid.UUID) -> bool:
     """Whether a job was cancelled (workers ask before each unit of work)."""
     flag = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
     return bool(flag)
+
+
+def list_stages(session: Session, *, job: Job) -> list[Stage]:
+    """A training job's stages (the PTST stage state), in order."""
+    return list(session.scalars(select(Stage).where(Stage.job_id == job.id).order_by(Stage.idx)))
+
+
+def list_metrics(session: Session, *, job: Job, filters: MetricFilter) -> list[Metric]:
+    """A job's metric points by stage, step and name, filtered."""
+    query = select(Metric).where(Metric.job_id == job.id)
+    if filters.names:
+        query = query.where(Metric.name.in_(filters.names))
+    if filters.stage is not None:
+        query = query.where(Metric.stage_idx == filters.stage)
+    if filters.after_step is not None:
+        query = query.where(Metric.step > filters.after_step)
+    query = query.order_by(Metric.stage_idx, Metric.step, Metric.name).limit(filters.limit)
+    return list(session.scalars(query))
 
 
 def add_counters(session: Session, job_id: uuid.UUID, **deltas: int) -> None:

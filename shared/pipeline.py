@@ -15,7 +15,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared import jobs
-from shared.contracts.api import TERMINAL_STATUSES
 from shared.contracts.specs import (
     ColdstartSpec,
     EvalSpec,
@@ -25,7 +24,9 @@ from shared.contracts.specs import (
     SftSpec,
     parse_spec,
 )
+from shared.contracts.status import JOB_ACTIVE, JOB_TERMINAL, JobStatus
 from shared.db.models import Job, Team, utcnow
+from shared.errors import TeamNotFound, WrongJobKind
 
 ORDER = ("coldstart", "sft", "grpo", "eval")
 
@@ -50,7 +51,7 @@ def child_spec(kind: str, spec: PipelineSpec, done: dict[str, Job]) -> JobSpec:
     )
 
 
-def _settle(parent: Job, status: str, error: str | None, output: dict[str, Any]) -> None:
+def _settle(parent: Job, status: JobStatus, error: str | None, output: dict[str, Any]) -> None:
     parent.status, parent.error, parent.finished_at = status, error, utcnow()
     parent.output = {**parent.output, **output}
 
@@ -58,20 +59,22 @@ def _settle(parent: Job, status: str, error: str | None, output: dict[str, Any])
 def advance(session: Session, parent_id: uuid.UUID | str) -> None:
     """Start the next child, or settle the pipeline from its children's outcomes."""
     parent = session.get(Job, uuid.UUID(str(parent_id)), with_for_update=True)
-    if parent is None or parent.status in TERMINAL_STATUSES:
+    if parent is None or parent.status in JOB_TERMINAL:
         return
     spec = parse_spec(parent.spec)
-    assert isinstance(spec, PipelineSpec)
+    if not isinstance(spec, PipelineSpec):
+        raise WrongJobKind(parent.id, expected="pipeline", actual=parent.kind)
     children = {c.kind: c for c in session.scalars(select(Job).where(Job.parent_id == parent.id))}
-    if parent.status == "queued":
-        parent.status, parent.started_at = "running", utcnow()
+    if parent.status == JobStatus.QUEUED:
+        parent.status, parent.started_at = JobStatus.RUNNING, utcnow()
     steps = [k for k in ORDER if k != "eval" or spec.eval_dataset_ids]
     done: dict[str, Job] = {}
     for kind in steps:
         child = children.get(kind)
         if child is None:
             team = session.get(Team, parent.team_id)
-            assert team is not None
+            if team is None:
+                raise TeamNotFound(parent.team_id)
             new = jobs.create_job(
                 session,
                 team=team,
@@ -81,17 +84,19 @@ def advance(session: Session, parent_id: uuid.UUID | str) -> None:
             )
             parent.output = {**parent.output, f"{kind}_job_id": str(new.id)}
             return
-        if child.status in ("queued", "running"):
+        if child.status in JOB_ACTIVE:
             return
-        if child.status != "succeeded":
-            status = "cancelled" if child.status == "cancelled" else "failed"
+        if child.status != JobStatus.SUCCEEDED:
+            status = (
+                JobStatus.CANCELLED if child.status == JobStatus.CANCELLED else JobStatus.FAILED
+            )
             _settle(parent, status, f"{kind} step {child.status}: {child.error or ''}".strip(), {})
             return
         done[kind] = child
     final = done[steps[-1]].output
     _settle(
         parent,
-        "succeeded",
+        JobStatus.SUCCEEDED,
         None,
         {"final": final, "checkpoint_uri": done["grpo"].output.get("checkpoint_uri")},
     )

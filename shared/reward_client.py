@@ -11,9 +11,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
+from shared.contracts.api import ErrorOut
+from shared.contracts.rewards import (
+    DEFAULT_REWARD,
+    RewardList,
+    ScoreItemIn,
+    ScoreRequest,
+    ScoreResponse,
+)
 from shared.errors import InvalidInput, PayloadTooLarge, RewardServiceError, VR1Error
-from shared.rewards.registry import DEFAULT_REWARD
 from shared.rewards.scoring import ScoreResult
 from shared.rewards.text import completion_text
 
@@ -25,28 +33,31 @@ def _payload(reward: str, completions: Sequence[Any], answers: Sequence[Any]) ->
     if len(completions) != len(answers):
         raise InvalidInput(f"{len(completions)} completions but {len(answers)} answers")
     items = [
-        {"completion": completion_text(c), "answer": a if isinstance(a, str) else str(a)}
+        ScoreItemIn(completion=completion_text(c), answer=a if isinstance(a, str) else str(a))
         for c, a in zip(completions, answers, strict=True)
     ]
-    return {"reward": reward, "items": items}
+    return ScoreRequest(reward=reward, items=items).model_dump()
 
 
 def _results(response: httpx.Response) -> list[ScoreResult]:
     """Results from a response, or the typed error its status stands for."""
     if response.status_code != 200:
         raise _error(response)
-    body = response.json()
+    try:
+        body = ScoreResponse.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise RewardServiceError(f"malformed reward response: {exc}") from exc
     return [
-        ScoreResult(r, d["format_ok"], d["answer_ok"], d["extracted"], d["reason"])
-        for r, d in zip(body["rewards"], body["details"], strict=True)
+        ScoreResult(reward, d.format_ok, d.answer_ok, d.extracted, d.reason)
+        for reward, d in zip(body.rewards, body.details, strict=True)
     ]
 
 
 def _error(response: httpx.Response) -> VR1Error:
     """413 and 422 are the caller's fault; anything else is the service's."""
     try:
-        message = str(response.json().get("message", response.text))
-    except ValueError:
+        message = ErrorOut.model_validate_json(response.content).message
+    except ValidationError:
         message = response.text
     if response.status_code == 413:
         return PayloadTooLarge(message)
@@ -74,8 +85,9 @@ class RewardClient:
     def rewards(self) -> list[str]:
         """Names of the rewards the service offers."""
         response = self._http.get("/v1/rewards")
-        response.raise_for_status()
-        return [r["name"] for r in response.json()["rewards"]]
+        if response.status_code != 200:
+            raise _error(response)
+        return [r.name for r in RewardList.model_validate_json(response.content).rewards]
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -132,7 +132,7 @@ class LocalStore:
         """Open a stored file for reading."""
         path = self.local_path(uri)
         if not path.is_file():
-            raise ArtifactNotFound(uri)
+            raise ArtifactNotFound(uri=uri)
         return path.open("rb")
 
     def exists(self, uri: str) -> bool:

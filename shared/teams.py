@@ -6,15 +6,18 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.db.models import ApiKey, Team, utcnow
+from shared.db.models import ApiKey, Artifact, Dataset, Job, Team, utcnow
 from shared.errors import Conflict, NotFound, TeamNotFound, Unauthorized
 
 KEY_SCHEME = "vr1"
+Owned = TypeVar("Owned", Job, Dataset, Artifact)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,22 @@ def get_team(session: Session, *, name: str) -> Team:
     if team is None:
         raise TeamNotFound(name)
     return team
+
+
+def load_owned(
+    session: Session,
+    model: type[Owned],
+    resource_id: uuid.UUID,
+    *,
+    team: Team | None,
+    missing: Callable[[uuid.UUID], NotFound],
+) -> Owned:
+    """A resource by ID; another team's resource does not exist for the caller (``team``
+    None: any team's, for the platform's own processes)."""
+    row = session.get(model, resource_id)
+    if row is None or (team is not None and row.team_id != team.id):
+        raise missing(resource_id)
+    return row
 
 
 def create_key(session: Session, *, team: Team, name: str = "") -> IssuedKey:

@@ -1,8 +1,14 @@
-"""What every queue worker shares: settings fields, the Celery app, the run loop."""
+"""What every queue worker shares: settings fields, the Celery app, the task table, the run loop.
+
+Each service declares its task handlers once, as a table from task name to function
+(``services/<name>/worker.py: tasks(...)``); the Celery worker registers that table and
+the embedded runner calls the same functions in-process.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 
 from celery import Celery
 from pydantic import Field
@@ -12,6 +18,9 @@ from shared.errors import InvalidInput
 from shared.queue import CeleryDispatcher, make_celery
 from shared.settings import BaseVR1Settings
 from shared.storage import ArtifactStore, open_store
+
+Handler = Callable[..., None]
+Tasks = Mapping[str, Handler]
 
 
 class WorkerSettings(BaseVR1Settings):
@@ -32,6 +41,12 @@ def build(settings: WorkerSettings, name: str) -> tuple[Celery, Database, Artifa
     )
     db = Database(settings.resolved_database_url, CeleryDispatcher(app))
     return app, db, open_store(settings.resolved_artifact_uri)
+
+
+def register(app: Celery, tasks: Tasks) -> None:
+    """Bind a service's task table to a Celery app, each handler under its task name."""
+    for name, handler in tasks.items():
+        app.task(name=name)(handler)
 
 
 def run(app: Celery, queue: str, settings: WorkerSettings) -> None:

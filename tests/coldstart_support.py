@@ -163,7 +163,7 @@ class WorkerPool:
             "VR1_WORKER_NAME": f"{role}-{n}@%h",
             "VR1_HOME": str(self.logs / "home"),
         }
-        command = [sys.executable, "-m", "shared.cli", "worker", role]
+        command = [sys.executable, "-m", "entrypoints.cli", "worker", role]
         child = Child(f"{role}-{n}", command, env, self.logs / f"{role}-{n}.log").start()
         self.children.append(child)
         return child

@@ -9,12 +9,28 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from PIL import Image
 
+if TYPE_CHECKING:
+    from entrypoints.bootstrap import Embedded
+    from shared.cold_data import ColdSample
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class RecordingDispatcher:
+    """Keeps what would have been sent to the broker, for tests of what a request queues."""
+
+    sent: list[tuple[str, list[Any]]] = field(default_factory=list)
+
+    def send(self, task_name: str, args: list[Any]) -> None:
+        self.sent.append((task_name, args))
 
 
 def write_image(path: Path, colour: str = "red", size: int = 32) -> Path:
@@ -41,8 +57,9 @@ def stand_in_teachers(cache_root: Path, *, seed: int = 0) -> dict[str, Path]:
     import inspect
     import json
 
+    from entrypoints.demo import teachers
+    from shared.contracts.sharegpt import sharegpt_row
     from shared.contracts.specs import SftOptions
-    from shared.demo import teachers
     from shared.fixtures import tiny, toy
     from shared.prompts import shipped
 
@@ -71,8 +88,8 @@ def stand_in_teachers(cache_root: Path, *, seed: int = 0) -> dict[str, Path]:
         paths["toy"], seed=seed, n_train=96, n_test=32, tasks=["shape_colour"]
     )
     rows = toy.read_rows(info.train_path)
-    for name, examples, build in (
-        ("describer", teachers.describer_rows(rows), tiny.build_tiny_vlm),
+    for name, samples, build in (
+        ("describer", teachers.describer_rows(rows, info.root), tiny.build_tiny_vlm),
         ("reasoner", teachers.reasoner_rows(rows), tiny.build_tiny_text_lm),
     ):
         size, steps = TEACHERS[name]
@@ -86,12 +103,42 @@ def stand_in_teachers(cache_root: Path, *, seed: int = 0) -> dict[str, Path]:
             per_device_batch_size=8,
             freeze_vision=False,
         )
-        data = paths["toy"] / f"{name}.json"
-        data.write_text(json.dumps(examples))
+        data = paths["toy"] / f"{name}.json"  # image paths are relative to this file
+        examples = [
+            sharegpt_row(s.question, s.assistant, [str(p.relative_to(info.root)) for p in s.images])
+            for s in samples
+        ]
+        data.write_text(json.dumps([example.model_dump() for example in examples]))
         base = build(root / "base" / name, seed=seed + 1, size=size)
         run_sft(base, data, root / name, options)
     (root / "done").write_text("ok\n")
     return paths
+
+
+def register_cold(platform: Embedded, name: str, samples: list[ColdSample]) -> str:
+    """A ``cold`` dataset made the platform's one way; returns its ID."""
+    from shared.cold_data import create_cold_dataset
+
+    team = platform.team()
+    with platform.db.session() as session:
+        dataset = create_cold_dataset(
+            session,
+            platform.store,
+            team_id=team.id,
+            name=name,
+            prefix=f"test/{name}",
+            samples=samples,
+            parquet=False,
+        )
+        return str(dataset.id)
+
+
+def discard_messages(platform: Embedded) -> list[tuple[str, list[object]]]:
+    """Take every message waiting in the outbox, so that nothing handles them."""
+    from shared.db.session import take_outbox
+
+    with platform.db.session() as session:
+        return take_outbox(session, limit=10_000)
 
 
 def free_port() -> int:

@@ -22,6 +22,10 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+# Failures ask the client to retry after 10 ms unless a step says otherwise, so tests of
+# retry logic do not sit through the client's default backoff.
+QUICK_RETRY = {"retry-after-ms": "10"}
+
 
 @dataclass(frozen=True)
 class Step:
@@ -29,7 +33,7 @@ class Step:
 
     status: int = 200
     delay_s: float = 0.0
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=lambda: dict(QUICK_RETRY))
     message: dict[str, Any] | None = None  # the assistant message of a 200 reply
     finish_reason: str = "stop"
 

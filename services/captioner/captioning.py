@@ -14,14 +14,15 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from shared.coldstart import TERMINAL, ensure_records, is_active, load_job, mark_running, settle
+from shared.coldstart import ensure_records, load_job, settle
 from shared.contracts import queues
 from shared.contracts.specs import ColdstartSpec
+from shared.contracts.status import RECORD_TERMINAL, RecordStatus, RecordStep
 from shared.db.models import GenerationRecord, Item
 from shared.db.session import Database, enqueue_after_commit
-from shared.engines import make_engine
-from shared.engines.base import Engine
+from shared.engines import Engine, engine_for
 from shared.generation import StepPlan, run_step
+from shared.jobs import is_active, mark_running
 from shared.prompts import template_for
 
 
@@ -29,7 +30,7 @@ def _store_pseudo_cot(
     _session: Session, record: GenerationRecord, _item: Item, output: dict[str, Any]
 ) -> None:
     record.pseudo_cot = output["text"].strip()
-    record.step = "captioned"
+    record.step = RecordStep.CAPTIONED
     record.latency = {**record.latency, "pseudo_cot": output.get("latency_s", 0.0)}
 
 
@@ -37,21 +38,21 @@ def _store_description(
     _session: Session, record: GenerationRecord, _item: Item, output: dict[str, Any]
 ) -> None:
     record.description = output["text"].strip()
-    record.step = "described"
+    record.step = RecordStep.DESCRIBED
     record.latency = {**record.latency, "description": output.get("latency_s", 0.0)}
 
 
 def fail_unusable_items(session: Session, job_id: uuid.UUID, item_ids: list[str]) -> None:
     """Settle items no model call can help as failed, each with its reason."""
     for record, item in ensure_records(session, job_id, item_ids):
-        if record.status in TERMINAL:
+        if record.status in RECORD_TERMINAL:
             continue
         if not item.question.strip():
-            settle(
-                session, record, "failed", reason="empty_question", error="the question is empty"
-            )
+            error = "the question is empty"
+            settle(session, record, RecordStatus.FAILED, reason="empty_question", error=error)
         elif not item.images:
-            settle(session, record, "failed", reason="no_image", error="the item has no image")
+            error = "the item has no image"
+            settle(session, record, RecordStatus.FAILED, reason="no_image", error=error)
 
 
 def plans(spec: ColdstartSpec) -> list[StepPlan]:
@@ -63,7 +64,7 @@ def plans(spec: ColdstartSpec) -> list[StepPlan]:
             step="pseudo_cot",
             engine_spec=spec.captioner,
             template=pseudo,
-            needs=lambda r: r.step == "pending",
+            needs=lambda r: r.step == RecordStep.PENDING,
             inputs=lambda r, i: (
                 pseudo.render(question=i.question, answer=i.answer),
                 tuple(i.images),
@@ -74,7 +75,7 @@ def plans(spec: ColdstartSpec) -> list[StepPlan]:
             step="description",
             engine_spec=spec.captioner,
             template=described,
-            needs=lambda r: r.step == "captioned",
+            needs=lambda r: r.step == RecordStep.CAPTIONED,
             inputs=lambda r, i: (
                 described.render(question=i.question, pseudo_cot=r.pseudo_cot or ""),
                 tuple(i.images),
@@ -94,22 +95,17 @@ def caption_chunk(
             return
         mark_running(session, job.id)
         fail_unusable_items(session, job.id, item_ids)
-    owned = engine is None
-    engine = engine or make_engine(spec.captioner)
-    try:
-        for plan in plans(spec):
-            kept_going = run_step(
-                db,
-                job_id=job_id,
-                item_ids=item_ids,
-                plan=plan,
-                engine=engine,
-                max_attempts=spec.max_attempts,
-            )
-            if not kept_going:
-                return
-    finally:
-        if owned:  # an engine built per chunk holds threads and connections until closed
-            engine.close()
+    engine = engine or engine_for(spec.captioner)  # built once per process, then shared
+    for plan in plans(spec):
+        kept_going = run_step(
+            db,
+            job_id=job_id,
+            item_ids=item_ids,
+            plan=plan,
+            engine=engine,
+            max_attempts=spec.max_attempts,
+        )
+        if not kept_going:
+            return
     with db.session() as session:
         enqueue_after_commit(session, queues.REASON_BATCH, [job_id, item_ids])

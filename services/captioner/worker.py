@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from celery import Celery
-
 from services.captioner.captioning import caption_chunk
 from services.captioner.settings import CaptionerSettings
 from shared import worker
@@ -11,18 +9,19 @@ from shared.contracts import queues
 from shared.db.session import Database
 
 
-def register(app: Celery, db: Database) -> None:
-    """Bind the captioner's tasks to an app."""
+def tasks(db: Database) -> worker.Tasks:
+    """The captioner's task handlers by name."""
 
-    @app.task(name=queues.CAPTION_BATCH)  # type: ignore[untyped-decorator]
     def caption_batch(job_id: str, item_ids: list[str]) -> None:
         """Pseudo-CoT and description for a chunk, then on to the reasoner."""
         caption_chunk(db, job_id, item_ids)
+
+    return {queues.CAPTION_BATCH: caption_batch}
 
 
 def main() -> None:
     """Run the worker until stopped."""
     settings = CaptionerSettings()
     app, db, _store = worker.build(settings, "captioner")
-    register(app, db)
+    worker.register(app, tasks(db))
     worker.run(app, queues.CAPTION_QUEUE, settings)

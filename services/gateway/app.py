@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from services.gateway import routes_artifacts, routes_datasets, routes_jobs
 from services.gateway.deps import Context
@@ -52,8 +53,7 @@ def _error_response(exc: VR1Error) -> JSONResponse:
 
 
 def _validation_response(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
     where = ", ".join(
         f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in errors[:5]
     )
@@ -117,7 +117,7 @@ def _health(settings: GatewaySettings, database: Database) -> Health:
         with database.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         db_ok = True
-    except Exception:  # any driver error means "not healthy", never a 500
+    except (SQLAlchemyError, OSError):  # the database is down: "not healthy", never a 500
         db_ok = False
     broker: bool | None = None
     if settings.redis_url:

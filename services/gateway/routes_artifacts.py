@@ -10,24 +10,18 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
 
 from services.gateway.deps import ContextDep, SessionDep, TeamDep
+from shared import artifacts
 from shared.contracts.api import ArtifactOut
-from shared.db.models import Artifact
-from shared.errors import ArtifactNotFound, NotFound
+from shared.errors import ArtifactNotFound
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
-
-
-def _owned(session: SessionDep, team: TeamDep, artifact_id: uuid.UUID) -> Artifact:
-    artifact = session.get(Artifact, artifact_id)
-    if artifact is None or artifact.team_id != team.id:
-        raise NotFound(f"artifact {artifact_id} not found", artifact_id=str(artifact_id))
-    return artifact
 
 
 @router.get("/{artifact_id}", response_model=ArtifactOut)
 def get_artifact(artifact_id: uuid.UUID, session: SessionDep, team: TeamDep) -> ArtifactOut:
     """One artifact's metadata."""
-    return ArtifactOut.model_validate(_owned(session, team, artifact_id))
+    artifact = artifacts.get_artifact(session, team=team, artifact_id=artifact_id)
+    return ArtifactOut.model_validate(artifact)
 
 
 @router.get(
@@ -39,12 +33,12 @@ def download_artifact(
     artifact_id: uuid.UUID, session: SessionDep, team: TeamDep, context: ContextDep
 ) -> Response:
     """The artifact's bytes; a folder artifact is sent as a gzipped tar."""
-    artifact = _owned(session, team, artifact_id)
+    artifact = artifacts.get_artifact(session, team=team, artifact_id=artifact_id)
     path = context.store.local_path(artifact.uri)
     if path.is_file():
         return FileResponse(path, filename=path.name, media_type="application/octet-stream")
     if not path.is_dir():
-        raise ArtifactNotFound(artifact.uri)
+        raise ArtifactNotFound(artifact.id, uri=artifact.uri)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(path, arcname=artifact.name)

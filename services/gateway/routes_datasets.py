@@ -6,25 +6,15 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
-from sqlalchemy import func, select
 
 from services.gateway.deps import ContextDep, SessionDep, TeamDep
 from services.gateway.paging import page_of
+from shared import datasets
 from shared.contracts.api import DatasetCreate, DatasetCreated, DatasetOut, ItemOut, Page
-from shared.datasets import register_dataset
-from shared.db.models import Dataset, Item
-from shared.errors import DatasetNotFound
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 Limit = Annotated[int, Query(ge=1, le=500)]
 Offset = Annotated[int, Query(ge=0)]
-
-
-def _owned(session: SessionDep, team: TeamDep, dataset_id: uuid.UUID) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None or dataset.team_id != team.id:
-        raise DatasetNotFound(dataset_id)
-    return dataset
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetCreated)
@@ -32,7 +22,7 @@ def create_dataset(
     body: DatasetCreate, session: SessionDep, team: TeamDep, context: ContextDep
 ) -> DatasetCreated:
     """Register a dataset from a JSONL or Parquet file; every row is validated."""
-    dataset, skipped = register_dataset(
+    dataset, skipped = datasets.register_dataset(
         session,
         team=team,
         request=body,
@@ -53,18 +43,16 @@ def list_datasets(
     kind: str | None = None,
 ) -> Page[DatasetOut]:
     """The team's datasets, newest first."""
-    query = select(Dataset).where(Dataset.team_id == team.id)
-    if kind:
-        query = query.where(Dataset.kind == kind)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(Dataset.created_at.desc()).limit(limit).offset(offset))
+    rows, total = datasets.list_datasets(session, team=team, kind=kind, limit=limit, offset=offset)
     return page_of([DatasetOut.model_validate(r) for r in rows], total, limit, offset)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
 def get_dataset(dataset_id: uuid.UUID, session: SessionDep, team: TeamDep) -> DatasetOut:
     """One dataset."""
-    return DatasetOut.model_validate(_owned(session, team, dataset_id))
+    return DatasetOut.model_validate(
+        datasets.get_dataset(session, team=team, dataset_id=dataset_id)
+    )
 
 
 @router.get("/{dataset_id}/items", response_model=Page[ItemOut])
@@ -76,7 +64,6 @@ def list_items(
     offset: Offset = 0,
 ) -> Page[ItemOut]:
     """A page of a dataset's items, in file order."""
-    dataset = _owned(session, team, dataset_id)
-    query = select(Item).where(Item.dataset_id == dataset.id).order_by(Item.idx)
-    rows = session.scalars(query.limit(limit).offset(offset))
+    dataset = datasets.get_dataset(session, team=team, dataset_id=dataset_id)
+    rows = datasets.list_items(session, dataset=dataset, limit=limit, offset=offset)
     return page_of([ItemOut.model_validate(r) for r in rows], dataset.size, limit, offset)

@@ -6,22 +6,13 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
-from sqlalchemy import select
 
 from services.gateway.deps import SessionDep, TeamDep
 from services.gateway.paging import page_of
-from shared import jobs
-from shared.contracts.api import (
-    ArtifactOut,
-    JobCreate,
-    JobOut,
-    JobStatus,
-    MetricOut,
-    Page,
-    StageOut,
-)
+from shared import artifacts, jobs
+from shared.contracts.api import ArtifactOut, JobCreate, JobOut, MetricOut, Page, StageOut
 from shared.contracts.specs import JobKind
-from shared.db.models import Artifact, Metric, Stage
+from shared.contracts.status import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -66,8 +57,7 @@ def cancel_job(job_id: uuid.UUID, session: SessionDep, team: TeamDep) -> JobOut:
 def list_stages(job_id: uuid.UUID, session: SessionDep, team: TeamDep) -> list[StageOut]:
     """A training job's stages (the PTST stage state), in order."""
     job = jobs.get_job(session, team=team, job_id=job_id)
-    rows = session.scalars(select(Stage).where(Stage.job_id == job.id).order_by(Stage.idx))
-    return [StageOut.model_validate(r) for r in rows]
+    return [StageOut.model_validate(r) for r in jobs.list_stages(session, job=job)]
 
 
 @router.get("/{job_id}/metrics", response_model=list[MetricOut])
@@ -82,22 +72,14 @@ def list_metrics(
 ) -> list[MetricOut]:
     """A job's metric series, by stage and step; filter by name, stage, step."""
     job = jobs.get_job(session, team=team, job_id=job_id)
-    query = select(Metric).where(Metric.job_id == job.id)
-    if name:
-        query = query.where(Metric.name.in_(name))
-    if stage is not None:
-        query = query.where(Metric.stage_idx == stage)
-    if after_step is not None:
-        query = query.where(Metric.step > after_step)
-    query = query.order_by(Metric.stage_idx, Metric.step, Metric.name).limit(limit)
-    return [MetricOut.model_validate(r) for r in session.scalars(query)]
+    filters = jobs.MetricFilter(names=name, stage=stage, after_step=after_step, limit=limit)
+    return [
+        MetricOut.model_validate(r) for r in jobs.list_metrics(session, job=job, filters=filters)
+    ]
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])
 def list_artifacts(job_id: uuid.UUID, session: SessionDep, team: TeamDep) -> list[ArtifactOut]:
     """What a job stored: checkpoints, exports, reports."""
     job = jobs.get_job(session, team=team, job_id=job_id)
-    rows = session.scalars(
-        select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.created_at)
-    )
-    return [ArtifactOut.model_validate(r) for r in rows]
+    return [ArtifactOut.model_validate(r) for r in artifacts.list_artifacts(session, job=job)]

@@ -1,45 +1,34 @@
 """Assembly of a finished coldstart job: the `cold` dataset, its exports, the funnel.
 
-Exports, side by side in the artifact store under ``exports/<job id>/``:
-- ``cold.json`` — LLaMA-Factory sharegpt rows: the user turn is one ``<image>`` token per
-  image followed by the question, the assistant turn ``<think>…</think><answer>…</answer>``,
-  ``images`` a list of paths relative to the file (their count always equals the number
-  of ``<image>`` tokens — LLaMA-Factory's most common data error);
+Exports, side by side in the artifact store under ``exports/<job id>/``, written by
+``shared.cold_data`` in the one sharegpt form (``shared.contracts.sharegpt``):
+- ``cold.json`` — LLaMA-Factory sharegpt rows (one ``<image>`` token per image, the
+  assistant turn ``<think>…</think><answer>…</answer>``, images relative to the file),
+  always written: it is the dataset SFT reads;
 - ``dataset_info.json`` — the entry LLaMA-Factory needs to load it;
-- ``cold.parquet`` — the same rows;
+- ``cold.parquet`` — the same rows, when ``parquet`` is among the export formats;
 - ``funnel.json`` — items in → captioned → described → reasoned → verified → kept,
   rejects and failures by reason, tokens by stage.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import re
 from collections import Counter
-from pathlib import PurePosixPath
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.reasoner.postprocess import assistant_turn
-from shared.contracts import queues
+from shared.cold_data import ColdSample, create_cold_dataset
+from shared.contracts.sharegpt import assistant_turn
 from shared.contracts.specs import ColdstartSpec
+from shared.contracts.status import JobStatus, RecordStatus, RecordStep
 from shared.db.models import Artifact, Dataset, GenerationRecord, Item, Job
-from shared.db.session import enqueue_after_commit
+from shared.jobs import notify_parent
 from shared.storage import ArtifactStore
 
-IMAGE_TOKEN = "<image>"
-_IMAGE_TOKEN = re.compile(re.escape(IMAGE_TOKEN) + r"\s*")
-STEP_ORDER = ("captioned", "described", "reasoned")
-
-
-def user_turn(question: str, n_images: int) -> str:
-    """One <image> token per image, then the question (tokens already in it are moved)."""
-    return IMAGE_TOKEN * n_images + _IMAGE_TOKEN.sub("", question).strip()
+STEP_ORDER = (RecordStep.CAPTIONED, RecordStep.DESCRIBED, RecordStep.REASONED)
 
 
 def funnel(records: list[GenerationRecord], items_in: int) -> dict[str, Any]:
@@ -47,8 +36,8 @@ def funnel(records: list[GenerationRecord], items_in: int) -> dict[str, Any]:
     reached = Counter[str]()
     for record in records:
         depth = STEP_ORDER.index(record.step) + 1 if record.step in STEP_ORDER else 0
-        for step in STEP_ORDER[:depth]:
-            reached[step] += 1
+        for reached_step in STEP_ORDER[:depth]:
+            reached[reached_step] += 1
     tokens: dict[str, dict[str, int]] = {}
     for record in records:
         for step, usage in record.tokens.items():
@@ -56,58 +45,22 @@ def funnel(records: list[GenerationRecord], items_in: int) -> dict[str, Any]:
             total["prompt"] += int(usage.get("prompt", 0))
             total["completion"] += int(usage.get("completion", 0))
             total["cached_calls"] += int(bool(usage.get("cached")))
+    by_status = {
+        status: Counter(r.reject_reason for r in records if r.status == status)
+        for status in (RecordStatus.REJECTED, RecordStatus.FAILED)
+    }
     return {
         "items_in": items_in,
-        "captioned": reached["captioned"],
-        "described": reached["described"],
-        "reasoned": reached["reasoned"],
+        "captioned": reached[RecordStep.CAPTIONED],
+        "described": reached[RecordStep.DESCRIBED],
+        "reasoned": reached[RecordStep.REASONED],
         "verified": sum(1 for r in records if r.verdict),
-        "kept": sum(1 for r in records if r.status == "kept"),
-        "rejected": dict(Counter(r.reject_reason for r in records if r.status == "rejected")),
-        "failed": dict(Counter(r.reject_reason for r in records if r.status == "failed")),
+        "kept": sum(1 for r in records if r.status == RecordStatus.KEPT),
+        "rejected": dict(by_status[RecordStatus.REJECTED]),
+        "failed": dict(by_status[RecordStatus.FAILED]),
         "tokens": tokens,
         "prompt_versions": sorted({json.dumps(r.prompt_versions, sort_keys=True) for r in records}),
     }
-
-
-def _sharegpt_rows(
-    store: ArtifactStore, prefix: str, kept: list[tuple[GenerationRecord, Item]]
-) -> tuple[list[dict[str, Any]], list[list[str]]]:
-    rows, stored_uris = [], []
-    for record, item in kept:
-        relative, uris = [], []
-        for k, uri in enumerate(item.images):
-            suffix = PurePosixPath(uri).suffix or ".png"
-            name = f"images/{item.idx:07d}_{k}{suffix}"
-            uris.append(store.put_file(store.local_path(uri), f"{prefix}/{name}").uri)
-            relative.append(name)
-        turn = assistant_turn(record.reasoning or "", record.final_answer or "")
-        rows.append(
-            {
-                "messages": [
-                    {"role": "user", "content": user_turn(item.question, len(relative))},
-                    {"role": "assistant", "content": turn},
-                ],
-                "images": relative,
-            }
-        )
-        stored_uris.append(uris)
-    return rows, stored_uris
-
-
-def _parquet_bytes(rows: list[dict[str, Any]], kept: list[tuple[GenerationRecord, Item]]) -> bytes:
-    table = pa.table(
-        {
-            "messages": [row["messages"] for row in rows],
-            "images": [row["images"] for row in rows],
-            "question": [item.question for _, item in kept],
-            "answer": [item.answer for _, item in kept],
-            "source_item_id": [str(item.id) for _, item in kept],
-        }
-    )
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
 
 
 def _dataset_name(session: Session, job: Job, spec: ColdstartSpec) -> str:
@@ -116,8 +69,22 @@ def _dataset_name(session: Session, job: Job, spec: ColdstartSpec) -> str:
     return name if session.scalar(taken) is None else f"{name}-{str(job.id)[:8]}"
 
 
+def _sample(store: ArtifactStore, record: GenerationRecord, item: Item) -> ColdSample:
+    """A kept record as the training conversation it becomes, with the item's images."""
+    return ColdSample(
+        question=item.question,
+        assistant=assistant_turn(record.reasoning or "", record.final_answer or ""),
+        images=[store.local_path(uri) for uri in item.images],
+        answer=item.answer,
+        source_item_id=str(item.id),
+    )
+
+
 def assemble(session: Session, store: ArtifactStore, job: Job, spec: ColdstartSpec) -> None:
-    """Write the exports, register the `cold` dataset and artifacts, finish the job."""
+    """Write the exports, register the `cold` dataset and artifacts, finish the job.
+
+    The caller has claimed the job's completion (it is already marked succeeded in this
+    transaction); with nothing kept, the outcome is corrected to failed here."""
     records = list(
         session.scalars(select(GenerationRecord).where(GenerationRecord.job_id == job.id))
     )
@@ -125,71 +92,32 @@ def assemble(session: Session, store: ArtifactStore, job: Job, spec: ColdstartSp
         session.execute(
             select(GenerationRecord, Item)
             .join(Item, Item.id == GenerationRecord.item_id)
-            .where(GenerationRecord.job_id == job.id, GenerationRecord.status == "kept")
+            .where(GenerationRecord.job_id == job.id, GenerationRecord.status == RecordStatus.KEPT)
             .order_by(Item.idx)
         ).all()
     )
     report = funnel(records, job.items_total)
     job.counters = report
-    if job.parent_id is not None:
-        enqueue_after_commit(session, queues.JOB_ADVANCE, [str(job.parent_id)])
+    notify_parent(session, job)
     if not kept:
-        job.status = "failed"
+        job.status = JobStatus.FAILED
         job.error = f"no sample passed verification; funnel: {json.dumps(report)}"
         return
     prefix = f"exports/{job.id}"
-    name = _dataset_name(session, job, spec)
-    rows, image_uris = _sharegpt_rows(store, prefix, kept)
-    info = {
-        name: {
-            "file_name": "cold.json",
-            "formatting": "sharegpt",
-            "columns": {"messages": "messages", "images": "images"},
-            "tags": {
-                "role_tag": "role",
-                "content_tag": "content",
-                "user_tag": "user",
-                "assistant_tag": "assistant",
-            },
-        }
-    }
-    if "sharegpt" in spec.export_formats:
-        store.put_bytes(
-            json.dumps(rows, ensure_ascii=False, indent=1).encode(), f"{prefix}/cold.json"
-        )
-        store.put_bytes(json.dumps(info, indent=2).encode(), f"{prefix}/dataset_info.json")
-    if "parquet" in spec.export_formats:
-        store.put_bytes(_parquet_bytes(rows, kept), f"{prefix}/cold.parquet")
-    report_obj = store.put_bytes(json.dumps(report, indent=2).encode(), f"{prefix}/funnel.json")
-    export_uri = store.uri_for(prefix)
-    dataset = Dataset(
+    dataset = create_cold_dataset(
+        session,
+        store,
         team_id=job.team_id,
-        name=name,
-        kind="cold",
-        format="sharegpt",
-        size=len(kept),
-        uri=export_uri,
+        name=_dataset_name(session, job, spec),
+        prefix=prefix,
+        samples=[_sample(store, record, item) for record, item in kept],
+        parquet="parquet" in spec.export_formats,
         produced_by_job_id=job.id,
-        meta={"source_dataset_id": spec.dataset_id, "file": "cold.json", "funnel": report},
+        meta={"source_dataset_id": spec.dataset_id, "funnel": report},
     )
-    session.add(dataset)
-    session.flush()
-    for idx, ((_record, item), uris) in enumerate(zip(kept, image_uris, strict=True)):
-        session.add(
-            Item(
-                dataset_id=dataset.id,
-                idx=idx,
-                images=uris,
-                question=item.question,
-                answer=item.answer,
-                extra={
-                    "assistant": rows[idx]["messages"][1]["content"],
-                    "source_item_id": str(item.id),
-                },
-            )
-        )
-    _register_artifacts(session, store, job, export_uri, report_obj.uri)
-    job.output = {"dataset_id": str(dataset.id), "export_uri": export_uri, "funnel": report}
+    report_obj = store.put_bytes(json.dumps(report, indent=2).encode(), f"{prefix}/funnel.json")
+    _register_artifacts(session, store, job, dataset.uri, report_obj.uri)
+    job.output = {"dataset_id": str(dataset.id), "export_uri": dataset.uri, "funnel": report}
 
 
 def _register_artifacts(

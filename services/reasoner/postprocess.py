@@ -1,4 +1,4 @@
-"""Post-processing of reasoner outputs: final-answer extraction, wording, reject rules.
+"""Post-processing of reasoner outputs: wording and reject rules.
 
 The reasoning model read a *description* of the image; the sample it becomes will be
 trained with the *image*.  So wording that only makes sense for a text ("the description
@@ -13,11 +13,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
-_FINAL = re.compile(r"final\s+answer\s*[:：]\s*(.+)", re.I)
-_ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\s*[:：]?\s*(.+)", re.I)
-_MARKDOWN = re.compile(r"^[*_`#>\s]+|[*_`\s]+$")
 
 _DESC = r"(?:the|this)\s+(?:detailed\s+|given\s+|provided\s+|image\s+|above\s+)?description"
 _SAYING = (
@@ -82,48 +77,6 @@ def leaks_answer(text: str) -> bool:
     return any(pattern.search(text) for pattern in _LEAKS)
 
 
-def _last_boxed(text: str) -> str | None:
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 0, start + len("\\boxed{") - 1
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1 : j]
-    return None
-
-
-def _clean(answer: str) -> str:
-    answer = answer.strip().splitlines()[0] if answer.strip() else ""
-    answer = _MARKDOWN.sub("", answer).strip()
-    return answer.rstrip(".").strip()
-
-
-def extract_final_answer(content: str) -> str:
-    """The reasoner's final answer.
-
-    Looked for in order: <answer>, 'Final Answer:', \\boxed{}, 'the answer is', last line.
-    """
-    text = content.strip()
-    tags = _ANSWER_TAG.findall(text)
-    if tags:
-        text = tags[-1].strip()
-    finals = _FINAL.findall(text)
-    if finals:
-        text = finals[-1]
-    boxed = _last_boxed(text)
-    if boxed is not None:
-        return boxed.strip()
-    if not finals and not tags:
-        stated = _ANSWER_IS.findall(text)
-        if stated:
-            return _clean(stated[-1])
-        lines = [line for line in text.splitlines() if line.strip()]
-        text = lines[-1] if lines else ""
-    return _clean(text)
-
-
 @dataclass(frozen=True)
 class Candidate:
     """What the reasoner produced for one item, before the rules."""
@@ -131,11 +84,6 @@ class Candidate:
     cot: str
     final_answer: str
     finish_reason: str
-
-
-def assistant_turn(cot: str, answer: str) -> str:
-    """The training target: the CoT in <think>, the answer in <answer>."""
-    return f"<think>\n{cot.strip()}\n</think>\n<answer>{answer.strip()}</answer>"
 
 
 def precheck(candidate: Candidate, *, max_cot_chars: int, reject_leaks: bool) -> str | None:

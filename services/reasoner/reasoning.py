@@ -15,31 +15,33 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from services.reasoner.export import assemble
-from services.reasoner.postprocess import (
-    Candidate,
-    assistant_turn,
-    extract_final_answer,
-    precheck,
-    rewrite_wording,
-)
+from services.reasoner.postprocess import Candidate, precheck, rewrite_wording
 from shared.coldstart import (
-    TERMINAL,
     Outcome,
     all_settled,
     claim_completion,
     ensure_records,
-    is_active,
     load_job,
     settle_many,
 )
+from shared.contracts.sharegpt import assistant_turn
 from shared.contracts.specs import ColdstartFilters, ColdstartSpec
+from shared.contracts.status import RECORD_TERMINAL, RecordStatus, RecordStep
 from shared.db.models import GenerationRecord, Item
 from shared.db.session import Database
-from shared.engines import make_engine
-from shared.engines.base import Engine
+from shared.engines import Engine, engine_for
 from shared.generation import StepPlan, run_step
+from shared.jobs import is_active
 from shared.prompts import template_for
-from shared.rewards import ScoreItem, Scorer, ScoreResult, consistency, default_scorer, score
+from shared.rewards import (
+    ScoreItem,
+    Scorer,
+    ScoreResult,
+    consistency,
+    default_scorer,
+    extract_final_answer,
+    score,
+)
 from shared.storage import ArtifactStore
 
 
@@ -49,7 +51,7 @@ def _store_reasoning(
     content = output.get("text") or ""
     record.reasoning = (output.get("reasoning") or "").strip()
     record.final_answer = extract_final_answer(content)
-    record.step = "reasoned"
+    record.step = RecordStep.REASONED
     record.latency = {**record.latency, "reasoning": output.get("latency_s", 0.0)}
     record.tokens = {
         **record.tokens,
@@ -64,7 +66,7 @@ def plan(spec: ColdstartSpec) -> StepPlan:
         step="reasoning",
         engine_spec=spec.reasoner,
         template=template,
-        needs=lambda r: r.step == "described",
+        needs=lambda r: r.step == RecordStep.DESCRIBED,
         inputs=lambda r, i: (
             template.render(description=r.description or "", question=i.question, answer=i.answer),
             (),
@@ -82,15 +84,16 @@ def _outcome(
     result: ScoreResult, turn: str, filters: ColdstartFilters
 ) -> tuple[str, str | None, str | None]:
     """Kept, or rejected with a reason and details, for one scored sample."""
+    rejected = RecordStatus.REJECTED
     if result.reward is None:
-        return ("rejected", "no_verdict", result.reason)
+        return (rejected, "no_verdict", result.reason)
     if not result.format_ok:
-        return ("rejected", "bad_format", result.reason)
+        return (rejected, "bad_format", result.reason)
     if not result.answer_ok:
-        return ("rejected", "wrong_answer", result.extracted)
+        return (rejected, "wrong_answer", result.extracted)
     if filters.reject_inconsistent and consistency(turn) is False:
-        return ("rejected", "inconsistent", None)
-    return ("kept", None, None)
+        return (rejected, "inconsistent", None)
+    return (RecordStatus.KEPT, None, None)
 
 
 def judge(
@@ -109,7 +112,7 @@ def judge(
             candidate, max_cot_chars=filters.max_cot_chars, reject_leaks=filters.reject_answer_leaks
         )
         if reason:
-            outcomes.append((record, "rejected", reason, None))
+            outcomes.append((record, RecordStatus.REJECTED, reason, None))
             continue
         cot = (
             rewrite_wording(candidate.cot) if filters.rewrite_description_wording else candidate.cot
@@ -139,20 +142,14 @@ def reason_chunk(
         job, spec = load_job(session, job_id)
         if not is_active(job):
             return
-    owned = engine is None
-    engine = engine or make_engine(spec.reasoner)
-    try:
-        kept_going = run_step(
-            db,
-            job_id=job_id,
-            item_ids=item_ids,
-            plan=plan(spec),
-            engine=engine,
-            max_attempts=spec.max_attempts,
-        )
-    finally:
-        if owned:  # an engine built per chunk holds threads and connections until closed
-            engine.close()
+    kept_going = run_step(
+        db,
+        job_id=job_id,
+        item_ids=item_ids,
+        plan=plan(spec),
+        engine=engine or engine_for(spec.reasoner),  # built once per process, then shared
+        max_attempts=spec.max_attempts,
+    )
     if not kept_going:
         return
     with db.session() as session:
@@ -160,7 +157,7 @@ def reason_chunk(
         records = [
             (r, i)
             for r, i in ensure_records(session, job.id, item_ids)
-            if r.status not in TERMINAL and r.step == "reasoned"
+            if r.status not in RECORD_TERMINAL and r.step == RecordStep.REASONED
         ]
         judge(session, spec, records, scorer or default_scorer())
     finish_if_complete(db, store, job_id)

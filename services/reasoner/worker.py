@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from celery import Celery
-
 from services.reasoner.reasoning import reason_chunk
 from services.reasoner.settings import ReasonerSettings
 from shared import worker
@@ -12,18 +10,19 @@ from shared.db.session import Database
 from shared.storage import ArtifactStore
 
 
-def register(app: Celery, db: Database, store: ArtifactStore) -> None:
-    """Bind the reasoner's tasks to an app."""
+def tasks(db: Database, store: ArtifactStore) -> worker.Tasks:
+    """The reasoner's task handlers by name."""
 
-    @app.task(name=queues.REASON_BATCH)  # type: ignore[untyped-decorator]
     def reason_batch(job_id: str, item_ids: list[str]) -> None:
         """Reason, verify and settle a chunk; the last one assembles the dataset."""
         reason_chunk(db, store, job_id, item_ids)
+
+    return {queues.REASON_BATCH: reason_batch}
 
 
 def main() -> None:
     """Run the worker until stopped."""
     settings = ReasonerSettings()
     app, db, store = worker.build(settings, "reasoner")
-    register(app, db, store)
+    worker.register(app, tasks(db, store))
     worker.run(app, queues.REASON_QUEUE, settings)

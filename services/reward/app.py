@@ -9,20 +9,15 @@ from typing import Annotated
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from services.reward.metrics import ServiceMetrics
 from services.reward.settings import RewardSettings
-from shared.errors import (
-    BatchTooLarge,
-    CompletionTooLong,
-    InvalidInput,
-    PayloadTooLarge,
-    VR1Error,
-)
-from shared.rewards import DEFAULT_REWARD, REWARDS, Scorer, ScoreResult, VerifierPool, get_reward
-from shared.rewards.schemas import (
+from shared.contracts.rewards import (
+    DEFAULT_REWARD,
     RewardInfo,
     RewardList,
     ScoreDetail,
@@ -30,7 +25,14 @@ from shared.rewards.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
-from shared.rewards.scoring import ScoreItem
+from shared.errors import (
+    BatchTooLarge,
+    CompletionTooLong,
+    InvalidInput,
+    PayloadTooLarge,
+    VR1Error,
+)
+from shared.rewards import REWARDS, ScoreItem, Scorer, ScoreResult, VerifierPool, get_reward
 
 router = APIRouter()
 
@@ -47,14 +49,27 @@ def get_pool(request: Request) -> VerifierPool:
     return pool
 
 
+def get_metrics(request: Request) -> ServiceMetrics:
+    """The app's metrics."""
+    metrics: ServiceMetrics = request.app.state.metrics
+    return metrics
+
+
 SettingsDep = Annotated[RewardSettings, Depends(get_settings)]
 PoolDep = Annotated[VerifierPool, Depends(get_pool)]
+MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 
 
 @router.get("/healthz")
 def healthz(pool: PoolDep) -> dict[str, object]:
     """Liveness and how many verifier workers are up."""
     return {"status": "ok", "workers": pool.workers, "workers_alive": pool.alive_workers()}
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(service_metrics: MetricsDep) -> Response:
+    """Scored items by reason, verifier failures and restarts (Prometheus text format)."""
+    return Response(service_metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/rewards")
@@ -81,7 +96,9 @@ def list_rewards() -> RewardList:
         }
     },
 )
-async def score_batch(request: Request, settings: SettingsDep, pool: PoolDep) -> ScoreResponse:
+async def score_batch(
+    request: Request, settings: SettingsDep, pool: PoolDep, service_metrics: MetricsDep
+) -> ScoreResponse:
     """Score a batch of completions against their gold answers with one reward."""
     payload = parse_request(await read_body(request, settings.max_body_bytes))
     check_limits(payload.items, settings)
@@ -91,6 +108,7 @@ async def score_batch(request: Request, settings: SettingsDep, pool: PoolDep) ->
     results = await run_in_threadpool(
         scorer.score, spec.combine, items, uses_answer=spec.uses_answer
     )
+    service_metrics.observe(spec.name, results)
     return to_response(results)
 
 
@@ -127,12 +145,7 @@ def check_limits(items: list[ScoreItemIn], settings: RewardSettings) -> None:
 
 def to_response(results: list[ScoreResult]) -> ScoreResponse:
     """The wire form of a batch of results."""
-    details = [
-        ScoreDetail(
-            format_ok=r.format_ok, answer_ok=r.answer_ok, extracted=r.extracted, reason=r.reason
-        )
-        for r in results
-    ]
+    details = [ScoreDetail.model_validate(r, from_attributes=True) for r in results]
     return ScoreResponse(rewards=[r.reward for r in results], details=details)
 
 
@@ -162,6 +175,7 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="vr1 reward service", version="1", lifespan=lifespan)
     app.state.settings = settings
+    app.state.metrics = ServiceMetrics(lambda: getattr(app.state, "pool", None))
     app.add_exception_handler(VR1Error, handle_error)
     app.include_router(router)
     return app

@@ -8,6 +8,7 @@ from itertools import islice
 from typing import Any, TextIO
 
 from services.reward.settings import RewardSettings
+from shared.contracts.rewards import ScoreDetail
 from shared.rewards import Scorer, ScoreResult, VerifierPool, completion_text, get_reward
 from shared.rewards.scoring import ScoreItem
 
@@ -66,14 +67,9 @@ def parse_line(line: str, max_chars: int) -> ScoreItem | str:
 
 
 def result_row(result: ScoreResult) -> dict[str, Any]:
-    """The output line for a scored item."""
-    return {
-        "reward": result.reward,
-        "format_ok": result.format_ok,
-        "answer_ok": result.answer_ok,
-        "extracted": result.extracted,
-        "reason": result.reason,
-    }
+    """The output line for a scored item: its reward and the service's detail fields."""
+    detail = ScoreDetail.model_validate(result, from_attributes=True)
+    return {"reward": result.reward, **detail.model_dump()}
 
 
 def error_row(reason: str) -> dict[str, Any]:

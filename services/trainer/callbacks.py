@@ -1,4 +1,4 @@
-"""Trainer callbacks shared by SFT and GRPO: cancellation and metric hand-off."""
+"""What SFT and GRPO runs share: their common TRL settings, cancellation, metric hand-off."""
 
 from __future__ import annotations
 
@@ -7,12 +7,31 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from shared.errors import VR1Error
 
 LogFn = Callable[[int, dict[str, float]], None]
 StopFn = Callable[[], bool]
+
+
+def run_arguments(seed: int, checkpoint_every: int | None) -> dict[str, Any]:
+    """TRL arguments every platform run sets alike: seeds, a log per step for the metrics,
+    checkpoints every N steps (to resume), no reporting or progress bars, and activation
+    checkpointing and pinned memory only on a GPU (on a CPU they only cost time)."""
+    on_gpu = torch.cuda.is_available()
+    return {
+        "seed": seed,
+        "data_seed": seed,
+        "logging_steps": 1,
+        "save_strategy": "steps" if checkpoint_every else "no",
+        "save_steps": checkpoint_every or 500,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "activation_checkpointing": on_gpu,
+        "dataloader_pin_memory": on_gpu,
+    }
 
 
 class TrainingStopped(VR1Error):
@@ -74,11 +93,16 @@ class StepTimer(TrainerCallback):  # type: ignore[misc]
 
 
 class ForwardLogs(TrainerCallback):  # type: ignore[misc]
-    """Hand each per-step training log to ``on_log`` as (step, chosen metrics)."""
+    """Hand each per-step training log to ``sink`` as (step, metrics); subclasses choose
+    the metrics by overriding :meth:`metrics`."""
 
-    def __init__(self, sink: LogFn, keys: tuple[str, ...]) -> None:
+    def __init__(self, sink: LogFn, keys: tuple[str, ...] = ()) -> None:
         self.sink = sink  # not `self.on_log`: that would shadow the callback method
         self.keys = keys
+
+    def metrics(self, values: dict[str, float]) -> dict[str, float]:
+        """The step's metrics from the trainer's log values: the chosen keys."""
+        return {k: values[k] for k in self.keys if k in values}
 
     def on_log(
         self,
@@ -91,4 +115,4 @@ class ForwardLogs(TrainerCallback):  # type: ignore[misc]
         values = finite_floats(logs or {})
         if "loss" not in values:  # the end-of-training summary log, not a step
             return
-        self.sink(state.global_step, {k: values[k] for k in self.keys if k in values})
+        self.sink(state.global_step, self.metrics(values))

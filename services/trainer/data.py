@@ -1,10 +1,9 @@
 """Training data in the forms TRL wants.
 
-- Cold-start SFT sets arrive in LLaMA-Factory "sharegpt" form: a JSON list of
-  ``{"messages": [user, assistant], "images": ["images/x.png"]}`` where the user text
-  holds one ``<image>`` token per image and image paths are relative to the JSON file.
-  ``load_sft_records`` turns them into TRL's conversational format with typed image parts
-  (vision-language model) or plain text turns (text-only model).
+- Cold-start SFT sets arrive in LLaMA-Factory "sharegpt" form (``shared.contracts.sharegpt``:
+  one ``<image>`` token per image in the user text, image paths relative to the JSON
+  file).  ``load_sft_records`` turns them into TRL's conversational format with typed
+  image parts (vision-language model) or plain text turns (text-only model).
 - RL and eval rows are ``PromptRow``s (image paths, question, gold answer);
   ``grpo_records`` turns them into conversational prompts with the image, no system prompt
   unless one is given (the paper uses none).
@@ -19,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from pydantic import ValidationError
 
+from shared.contracts.sharegpt import IMAGE_TOKEN, SharegptRow
 from shared.errors import InvalidInput
-
-IMAGE_TOKEN = "<image>"
 
 Part = dict[str, Any]
 Message = dict[str, Any]
@@ -68,28 +67,26 @@ def _text_part(text: str) -> list[Part]:
     return [{"type": "text", "text": text}]
 
 
-def _sharegpt_messages(row: dict[str, Any], n_images: int, *, vision: bool) -> list[Message]:
+def _sharegpt_messages(row: SharegptRow, *, vision: bool) -> list[Message]:
     """The row's turns; typed parts for a vision model, plain strings for a text model."""
     messages: list[Message] = []
-    for turn in row["messages"]:
-        role, content = turn["role"], turn["content"]
-        if not isinstance(content, str):
-            raise InvalidInput(f"message content must be a string, got {type(content).__name__}")
+    for turn in row.messages:
         if not vision:
-            messages.append({"role": role, "content": content})
-        elif role == "user":
-            messages.append({"role": role, "content": user_parts(content, n_images)})
-            n_images = 0  # every image belongs to the first user turn that names it
+            messages.append({"role": turn.role, "content": turn.content})
+        elif turn.role == "user":
+            n_here = turn.content.count(IMAGE_TOKEN)  # each image belongs to the turn naming it
+            messages.append({"role": turn.role, "content": user_parts(turn.content, n_here)})
         else:
-            messages.append({"role": role, "content": _text_part(content)})
+            messages.append({"role": turn.role, "content": _text_part(turn.content)})
     return messages
 
 
-def _row_images(row: dict[str, Any]) -> list[str]:
-    images = row.get("images") or []
-    if isinstance(images, str):  # the other common LLaMA-Factory mistake
-        raise InvalidInput("`images` must be a list of paths, not a string")
-    return [str(p) for p in images]
+def _read_row(path: Path, index: int, data: Any) -> SharegptRow:
+    try:
+        return SharegptRow.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(error["msg"] for error in exc.errors())
+        raise InvalidInput(f"{path}: row {index}: {problems}") from exc
 
 
 def load_sft_records(path: Path, *, vision: bool) -> list[dict[str, Any]]:
@@ -99,19 +96,13 @@ def load_sft_records(path: Path, *, vision: bool) -> list[dict[str, Any]]:
         raise InvalidInput(f"{path}: expected a non-empty JSON list of sharegpt rows")
     root = Path(path).parent
     records: list[dict[str, Any]] = []
-    for index, row in enumerate(rows):
-        paths = _row_images(row)
-        if paths and not vision:
+    for index, data in enumerate(rows):
+        row = _read_row(path, index, data)
+        if row.images and not vision:
             raise InvalidInput(f"{path}: row {index} has images but the model reads text only")
-        try:
-            messages = _sharegpt_messages(row, len(paths), vision=vision)
-        except InvalidInput as exc:
-            raise InvalidInput(f"{path}: row {index}: {exc.message}") from exc
-        if not any(m["role"] == "assistant" for m in messages):
-            raise InvalidInput(f"{path}: row {index} has no assistant turn")
-        record: dict[str, Any] = {"messages": messages}
+        record: dict[str, Any] = {"messages": _sharegpt_messages(row, vision=vision)}
         if vision:
-            record["images"] = [open_image(root / p) for p in paths]
+            record["images"] = [open_image(root / p) for p in row.images]
         records.append(record)
     return records
 

@@ -1,8 +1,9 @@
 """Evaluation as in the paper: sample, resample when ``</answer>`` is missing, judge.
 
 Each round generates for every row still lacking a closed answer block, in batches, until
-``max_tries`` rounds have run.  The answer is the text of the last ``<answer>`` block,
-after ``Final Answer:`` when the block has one; the reward library gives the verdict.
+``max_tries`` rounds have run.  The answer is read from the last ``<answer>`` block (after
+``Final Answer:`` when the block has one) by the reward library's one rule, which also
+gives the verdict.
 """
 
 from __future__ import annotations
@@ -17,10 +18,16 @@ import torch
 from services.trainer.data import EvalRow, open_image, prompt_messages
 from services.trainer.models import Policy, load_policy, vision_token_ids
 from shared.contracts.specs import EvalOptions
-from shared.rewards import ScoreItem, Scorer, check_format, default_scorer, score
+from shared.rewards import (
+    ScoreItem,
+    Scorer,
+    check_format,
+    default_scorer,
+    extract_final_answer,
+    score,
+)
 
-ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
-FINAL_ANSWER = "final answer:"
+ANSWER_CLOSE = "</answer>"
 
 
 @dataclass(frozen=True)
@@ -51,20 +58,6 @@ class EvalSummary:
 
 
 ItemFn = Callable[[EvalItem], None]
-
-
-def extract_final_answer(completion: str) -> str:
-    """The last ``<answer>`` block's text (after ``Final Answer:`` when present), stripped."""
-    lowered = completion.lower()
-    start = lowered.rfind(ANSWER_OPEN)
-    if start < 0:
-        return ""
-    end = lowered.find(ANSWER_CLOSE, start)
-    body = completion[start + len(ANSWER_OPEN) : end if end >= 0 else len(completion)]
-    marker = body.lower().rfind(FINAL_ANSWER)
-    if marker >= 0:
-        body = body[marker + len(FINAL_ANSWER) :]
-    return body.strip()
 
 
 def _encode(policy: Policy, rows: Sequence[EvalRow]) -> dict[str, Any]:
@@ -124,7 +117,7 @@ def evaluate(
     rows = rows[: options.limit] if options.limit else rows
     policy = load_policy(model_dir)
     policy.model.train(False)  # no dropout while generating
-    suppress = vision_token_ids(policy.tokenizer)
+    suppress = vision_token_ids(policy)
     torch.manual_seed(options.seed)
     completions = [""] * len(rows)
     tries = [0] * len(rows)
@@ -151,7 +144,7 @@ def _judge(
     on_item: ItemFn | None,
 ) -> EvalSummary:
     """Verdicts for every completion, and the summary."""
-    extracted = [extract_final_answer(c) for c in completions]
+    extracted = [extract_final_answer(c, require_answer_block=True) for c in completions]
     # The extracted answer alone is judged, so the verdict reads exactly what we extracted.
     items = [ScoreItem(e, row.answer) for e, row in zip(extracted, rows, strict=True)]
     verdicts = score("accuracy", items, scorer=scorer)

@@ -11,29 +11,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from accelerate import PartialState
 from datasets import Dataset
 from transformers import (
     PrinterCallback,
-    TrainerCallback,
-    TrainerControl,
-    TrainerState,
-    TrainingArguments,
     set_seed,
 )
 from trl.trainer.grpo_config import GRPOConfig
 from trl.trainer.grpo_trainer import GRPOTrainer
 
 from services.trainer.callbacks import (
+    ForwardLogs,
     LogFn,
     StepTimer,
     StopFn,
     StopWhenAsked,
     TrainingStopped,
-    finite_floats,
+    run_arguments,
 )
 from services.trainer.data import PromptRow, grpo_records
 from services.trainer.models import (
@@ -95,36 +91,19 @@ def grpo_config(
         use_vllm=options.rollout_engine == "vllm",
         vllm_mode="colocate",
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        activation_checkpointing=on_gpu,  # (gradient checkpointing) on CPU it only costs time
-        seed=options.seed,
-        data_seed=options.seed,
-        logging_steps=1,
-        save_strategy="steps" if checkpoint_every else "no",
-        save_steps=checkpoint_every or 500,
-        report_to="none",
-        dataloader_pin_memory=on_gpu,
-        disable_tqdm=True,
+        **run_arguments(options.seed, checkpoint_every),
     )
 
 
-class StepMetrics(TrainerCallback):  # type: ignore[misc]
+class StepMetrics(ForwardLogs):
     """Join the recorder's rollout figures with TRL's reward, loss and KL for ``on_step``."""
 
     def __init__(self, sink: LogFn, recorder: RolloutRecorder, timer: StepTimer) -> None:
-        self.sink, self.recorder, self.timer = sink, recorder, timer
+        super().__init__(sink)
+        self.recorder, self.timer = recorder, timer
 
-    def on_log(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        logs: dict[str, Any] | None = None,
-        **kw: Any,
-    ) -> None:
-        values = finite_floats(logs or {})
-        if "loss" not in values:  # the end-of-training summary, not a step
-            return
-        metrics = {
+    def metrics(self, values: dict[str, float]) -> dict[str, float]:
+        return {
             "reward_mean": values.get("reward", 0.0),
             **self.recorder.pop(),
             "kl": values.get("kl", 0.0),  # TRL measures KL only when beta > 0
@@ -132,7 +111,6 @@ class StepMetrics(TrainerCallback):  # type: ignore[misc]
             "learning_rate": values.get("learning_rate", 0.0),
             "step_time_s": self.timer.last_step_s,
         }
-        self.sink(state.global_step, metrics)
 
 
 def build_grpo_trainer(
@@ -157,7 +135,7 @@ def build_grpo_trainer(
         stage,
         options,
         out_dir,
-        suppress=vision_token_ids(policy.tokenizer),
+        suppress=vision_token_ids(policy),
         checkpoint_every=checkpoint_every,
     )
     args.reward_weights = [1.0] * len(reward_funcs) + [0.0]  # the recorder only watches

@@ -8,9 +8,9 @@ from pathlib import Path
 from sqlalchemy import select
 
 from services.trainer.data import PromptRow
-from shared.db.models import Dataset, Item
+from shared.cold_data import cold_data_file
+from shared.db.models import Item
 from shared.db.session import Database
-from shared.errors import InvalidInput
 from shared.storage import ArtifactStore
 
 
@@ -34,7 +34,4 @@ def prompt_rows(db: Database, store: ArtifactStore, dataset_id: str) -> list[Pro
 def sft_train_file(db: Database, store: ArtifactStore, dataset_id: str) -> Path:
     """The sharegpt file of a ``cold`` dataset."""
     with db.session() as session:
-        dataset = session.get(Dataset, uuid.UUID(dataset_id))
-        if dataset is None or dataset.kind != "cold":
-            raise InvalidInput(f"sft needs a cold (sharegpt) dataset; {dataset_id} is not one")
-        return store.local_path(dataset.uri) / str(dataset.meta.get("file", "cold.json"))
+        return cold_data_file(session, store, dataset_id)

@@ -1,9 +1,10 @@
 """Launchers start a training run as its own process and report how it is doing.
 
 Long training never lives inside a queue message: the ``train`` task asks a launcher to
-start ``vr1 train-run <job id>`` and returns.  The run writes its own stage state,
+start ``python -m services.trainer.run <job id>`` and returns.  The run writes its own stage state,
 metrics and heartbeat; the watcher asks the launcher whether a silent run is still there.
-``local`` starts a subprocess (embedded mode, compose); ``kubernetes`` creates a Job.
+``local`` starts a subprocess (compose; embedded mode waits for it to end);
+``kubernetes`` creates a Job.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import IO, Literal, Protocol
 
 RunPhase = Literal["pending", "running", "succeeded", "failed", "unknown"]
 
@@ -62,7 +65,7 @@ def run_command(
     num_machines: int = 1,
 ) -> list[str]:
     """The command of a training run; several processes go through ``accelerate launch``."""
-    entry = ["-m", "shared.cli", "train-run", job_id]
+    entry = ["-m", "services.trainer.run", job_id]
     if num_processes <= 1 and num_machines <= 1:
         return [sys.executable, *entry]
     command = [sys.executable, "-m", "accelerate.commands.launch"]
@@ -73,28 +76,44 @@ def run_command(
 
 
 class LocalLauncher:
-    """Runs training as a child process group of this machine."""
+    """Runs training as a child process group of this machine.
+
+    In the foreground (embedded mode, which runs one thing at a time) ``launch`` returns
+    once the run has ended and the run writes to this process's terminal; otherwise it
+    returns at once and the run writes to its attempt's log file.
+    """
 
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, *, foreground: bool = False) -> None:
+        self.foreground = foreground
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def launch(self, request: LaunchRequest) -> str:
-        log = subprocess.DEVNULL
-        if request.log_dir is not None:
-            request.log_dir.mkdir(parents=True, exist_ok=True)
-            log_path = request.log_dir / f"attempt-{request.attempt}.log"
-            log = log_path.open("ab")  # type: ignore[assignment]
-        process = subprocess.Popen(
-            request.command,
-            env={**os.environ, **request.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stop() reaches every child
-        )
+        with self._output(request) as output:
+            process = subprocess.Popen(
+                request.command,
+                env={**os.environ, **request.env},
+                stdout=output,
+                stderr=None if output is None else subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() reaches every child
+            )
         self._children[process.pid] = process
+        if self.foreground:
+            process.wait()
         return str(process.pid)
+
+    @contextmanager
+    def _output(self, request: LaunchRequest) -> Iterator[IO[bytes] | int | None]:
+        """Where the run writes: the terminal, its attempt's log, or nowhere."""
+        if self.foreground:
+            yield None
+        elif request.log_dir is None:
+            yield subprocess.DEVNULL
+        else:
+            request.log_dir.mkdir(parents=True, exist_ok=True)
+            with (request.log_dir / f"attempt-{request.attempt}.log").open("ab") as log:
+                yield log  # the child keeps its own copy of the file
 
     def status(self, handle: str) -> RunState:
         pid = int(handle)

@@ -7,27 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForImageTextToText,
-    AutoProcessor,
-    AutoTokenizer,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, PreTrainedModel
 
-from shared.fixtures.qwen_processor import register_processor
+from shared.engines.loading import is_vision_config, load_pretrained
+from shared.engines.loading import vision_token_ids as placeholder_ids
 
 # Vision tower and projector: Qwen2.5-VL keeps both under `visual` (the projector is
 # `visual.merger`); other families name them as below.
 VISION_MODULE_MARKERS = ("visual.", "vision_tower.", "vision_model.", "multi_modal_projector.")
-VISION_TOKENS = (
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
 
 
 @dataclass
@@ -37,6 +24,7 @@ class Policy:
     model: PreTrainedModel
     processing_class: Any
     vision: bool
+    config: Any
 
     @property
     def tokenizer(self) -> Any:
@@ -46,20 +34,13 @@ class Policy:
 
 def is_vision_model(model_dir: Path) -> bool:
     """True when the saved config has a vision part."""
-    config = AutoConfig.from_pretrained(model_dir)
-    return getattr(config, "vision_config", None) is not None
+    return is_vision_config(AutoConfig.from_pretrained(model_dir))
 
 
 def load_policy(model_dir: Path, *, dtype: torch.dtype = torch.float32) -> Policy:
     """Load a model and its processing class from a saved folder, through the Auto classes."""
-    if is_vision_model(model_dir):
-        register_processor()  # without it AutoProcessor silently returns only the tokenizer
-        processor = AutoProcessor.from_pretrained(model_dir)  # type: ignore[no-untyped-call]
-        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype)
-        return Policy(model, processor, vision=True)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-    return Policy(model, tokenizer, vision=False)
+    loaded = load_pretrained(model_dir, dtype=dtype)
+    return Policy(loaded.model, loaded.processing_class, loaded.vision, loaded.config)
 
 
 def is_vision_parameter(name: str) -> bool:
@@ -77,10 +58,9 @@ def freeze_vision(model: torch.nn.Module) -> list[str]:
     return frozen
 
 
-def vision_token_ids(tokenizer: Any) -> list[int]:
-    """Ids of image/video placeholder tokens, which must never be sampled."""
-    ids = [tokenizer.convert_tokens_to_ids(token) for token in VISION_TOKENS]
-    return [i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id]
+def vision_token_ids(policy: Policy) -> list[int]:
+    """Ids of the policy's image/video placeholder tokens, which must never be sampled."""
+    return placeholder_ids(policy.config, policy.tokenizer)
 
 
 def save_policy(policy: Policy, out_dir: Path) -> Path:

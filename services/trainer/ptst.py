@@ -21,6 +21,7 @@ from services.trainer.inputs import prompt_rows
 from services.trainer.settings import TrainerSettings
 from services.trainer.tracking import Tracker, latest_checkpoint
 from shared.contracts.specs import GrpoSpec, StageSpec
+from shared.contracts.status import StageStatus
 from shared.db.models import Metric, utcnow
 from shared.storage import path_from_uri
 
@@ -81,7 +82,7 @@ def run_grpo_job(tracker: Tracker, settings: TrainerSettings, spec: GrpoSpec) ->
     checkpoint_uri: str | None = None
     for idx, stage in enumerate(spec.stages):
         row = rows[idx]
-        if row.status == "succeeded" and row.checkpoint_uri:
+        if row.status == StageStatus.SUCCEEDED and row.checkpoint_uri:
             checkpoint_uri = row.checkpoint_uri
             weights = path_from_uri(checkpoint_uri)  # never redone
             summaries.append(row.summary)
@@ -104,7 +105,8 @@ def run_grpo_job(tracker: Tracker, settings: TrainerSettings, spec: GrpoSpec) ->
                 checkpoint_every=settings.checkpoint_every,
             )
         except TrainingStopped as stopped:
-            tracker.update_stage(idx, status="cancelled", summary={"stopped_at_step": stopped.step})
+            stopped_at = {"stopped_at_step": stopped.step}
+            tracker.update_stage(idx, status=StageStatus.CANCELLED, summary=stopped_at)
             raise
         checkpoint_uri = tracker.save_artifact(
             final,
@@ -116,7 +118,7 @@ def run_grpo_job(tracker: Tracker, settings: TrainerSettings, spec: GrpoSpec) ->
         summary = {**summarize(tracker, idx), "initial_weights": str(weights)}
         tracker.update_stage(
             idx,
-            status="succeeded",
+            status=StageStatus.SUCCEEDED,
             finished_at=utcnow(),
             checkpoint_uri=checkpoint_uri,
             summary=summary,

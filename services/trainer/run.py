@@ -1,4 +1,4 @@
-"""A training run: the process ``vr1 train-run <job id>`` that a launcher starts.
+"""A training run: the process ``python -m services.trainer.run <job id>`` a launcher starts.
 
 It reads its job, heartbeats, runs the job's kind (``sft``, ``grpo`` stage by stage,
 ``eval``), writes stage state, metrics and artifacts, and finishes the job.  Started
@@ -9,10 +9,9 @@ checkpoint.
 from __future__ import annotations
 
 import logging
+import sys
 import traceback
 import uuid
-
-from sqlalchemy import update
 
 from services.trainer.callbacks import TrainingStopped
 from services.trainer.evaluation import evaluate
@@ -21,11 +20,13 @@ from services.trainer.ptst import run_grpo_job
 from services.trainer.settings import TrainerSettings
 from services.trainer.sft import run_sft
 from services.trainer.tracking import Heartbeat, Tracker, latest_checkpoint
-from shared.contracts import queues
 from shared.contracts.specs import EvalSpec, GrpoSpec, SftSpec, parse_spec
+from shared.contracts.status import JobStatus, StageStatus
 from shared.db.models import Dataset, EvalResult, Job, utcnow
-from shared.db.session import Database, Dispatcher, enqueue_after_commit
-from shared.errors import InvalidInput, JobNotFound
+from shared.db.session import Database, Dispatcher
+from shared.errors import WrongJobKind
+from shared.jobs import finish_job, get_job, is_active, mark_running
+from shared.queue import CeleryDispatcher, make_celery
 from shared.storage import open_store, path_from_uri
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def run_sft_job(tracker: Tracker, settings: TrainerSettings, spec: SftSpec) -> d
     uri = tracker.save_artifact(
         final, f"runs/{tracker.job_id}/checkpoints/sft", kind="checkpoint", name="sft"
     )
-    tracker.update_stage(0, status="succeeded", finished_at=utcnow(), checkpoint_uri=uri)
+    tracker.update_stage(0, status=StageStatus.SUCCEEDED, finished_at=utcnow(), checkpoint_uri=uri)
     return {"checkpoint_uri": uri}
 
 
@@ -88,41 +89,32 @@ def run_eval_job(tracker: Tracker, spec: EvalSpec) -> dict[str, object]:
         tracker.log(
             0, len(table), {"accuracy": summary.accuracy, "format_rate": summary.format_rate}
         )
-    tracker.update_stage(0, status="succeeded", finished_at=utcnow(), summary={"table": table})
+    tracker.update_stage(
+        0, status=StageStatus.SUCCEEDED, finished_at=utcnow(), summary={"table": table}
+    )
     return {"accuracy": table}
 
 
 def _finish(
     db: Database,
     job_id: uuid.UUID,
+    status: JobStatus,
     *,
-    status: str,
-    output: dict[str, object] | None,
-    error: str | None,
+    output: dict[str, object] | None = None,
+    error: str | None = None,
 ) -> None:
     with db.session() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        if job.status in ("running", "queued"):
-            job.status, job.finished_at, job.error = status, utcnow(), error
-            if output is not None:
-                job.output = output
-        if job.parent_id is not None:
-            enqueue_after_commit(session, queues.JOB_ADVANCE, [str(job.parent_id)])
+        job = get_job(session, team=None, job_id=job_id)
+        finish_job(session, job, status, error=error, output=output)
 
 
 def _start(db: Database, job_id: uuid.UUID) -> Job | None:
+    """The job, marked running; None when there is nothing (left) to run."""
     with db.session() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise JobNotFound(job_id)
-        if job.cancel_requested or job.status not in ("queued", "running"):
+        job = get_job(session, team=None, job_id=job_id)
+        if not is_active(job):
             return None
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "queued")
-            .values(status="running", started_at=utcnow())
-        )
+        mark_running(session, job.id)
         return job
 
 
@@ -149,15 +141,32 @@ def train_run(settings: TrainerSettings, job_id: str, dispatcher: Dispatcher | N
             elif isinstance(spec, EvalSpec):
                 output = run_eval_job(tracker, spec)
             else:
-                raise InvalidInput(f"{spec.kind} jobs are not training runs", job_id=job_id)
+                raise WrongJobKind(job_id, expected="sft, grpo or eval", actual=spec.kind)
     except TrainingStopped as stopped:
         log.info("job %s stopped at step %s", job_id, stopped.step)
-        _finish(db, job.id, status="cancelled", output=None, error=None)
+        _finish(db, job.id, JobStatus.CANCELLED)
         return 0
-    except Exception as exc:
+    except Exception as exc:  # whatever ended the run, the job records why
         log.exception("job %s failed", job_id)
         detail = "".join(traceback.format_exception_only(exc)).strip()
-        _finish(db, job.id, status="failed", output=None, error=detail[:4000])
+        _finish(db, job.id, JobStatus.FAILED, error=detail[:4000])
         return 1
-    _finish(db, job.id, status="succeeded", output=output, error=None)
+    _finish(db, job.id, JobStatus.SUCCEEDED, output=output)
     return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry of a launched run: ``python -m services.trainer.run <job id>``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m services.trainer.run <job id>\n")
+        raise SystemExit(2)
+    settings = TrainerSettings()
+    logging.basicConfig(level=settings.log_level)
+    # Without a broker the run's messages go to the database's outbox (embedded mode).
+    dispatcher = CeleryDispatcher(make_celery(settings.redis_url)) if settings.redis_url else None
+    raise SystemExit(train_run(settings, args[0], dispatcher))
+
+
+if __name__ == "__main__":
+    main()

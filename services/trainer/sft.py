@@ -23,6 +23,7 @@ from services.trainer.callbacks import (
     StopFn,
     StopWhenAsked,
     TrainingStopped,
+    run_arguments,
 )
 from services.trainer.data import load_sft_records
 from services.trainer.models import (
@@ -86,15 +87,7 @@ def sft_config(out_dir: Path, options: SftOptions, *, checkpoint_every: int | No
         gradient_accumulation_steps=accumulation_steps(options, PartialState().num_processes),
         assistant_only_loss=True,  # the prompt (and the image tokens) carry no loss
         bf16=bf16_enabled(options.bf16),
-        activation_checkpointing=torch.cuda.is_available(),  # saves GPU memory; only slows CPU
-        seed=options.seed,
-        data_seed=options.seed,
-        logging_steps=1,
-        save_strategy="steps" if checkpoint_every else "no",
-        save_steps=checkpoint_every or 500,
-        report_to="none",
-        dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=True,
+        **run_arguments(options.seed, checkpoint_every),
     )
 
 

@@ -16,8 +16,11 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
+from shared.contracts.status import StageStatus
 from shared.db.models import Artifact, Job, Metric, Stage, utcnow
 from shared.db.session import Database
+from shared.errors import NotFound
+from shared.jobs import is_cancelled
 from shared.storage import ArtifactStore
 
 PROGRESS_EVERY = 10
@@ -66,9 +69,7 @@ class Tracker:
         """Whether the job was cancelled (asked once per training step)."""
         if not self.cached_cancel:
             with self.db.session() as session:
-                self.cached_cancel = bool(
-                    session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
-                )
+                self.cached_cancel = is_cancelled(session, self.job_id)
         return self.cached_cancel
 
     def ensure_stages(self, configs: list[tuple[str, dict[str, Any]]]) -> list[Stage]:
@@ -88,7 +89,8 @@ class Tracker:
         """A fresh copy of one stage row."""
         with self.db.session() as session:
             row = session.scalar(select(Stage).where(Stage.job_id == self.job_id, Stage.idx == idx))
-            assert row is not None
+            if row is None:
+                raise NotFound(f"job {self.job_id} has no stage {idx}", job_id=str(self.job_id))
             return row
 
     def update_stage(self, idx: int, **values: Any) -> None:
@@ -100,7 +102,7 @@ class Tracker:
 
     def start_stage(self, idx: int, resume_from: Path | None) -> None:
         """Mark a stage running; on a resume, drop metrics past the checkpoint (redone)."""
-        values: dict[str, Any] = {"status": "running", "resume_checkpoint": None}
+        values: dict[str, Any] = {"status": StageStatus.RUNNING, "resume_checkpoint": None}
         if resume_from is not None:
             values["resume_checkpoint"] = str(resume_from)
             step = int(resume_from.name.rsplit("-", 1)[-1])

@@ -13,13 +13,15 @@ import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from services.trainer.launcher import Launcher, LaunchRequest, run_command
 from services.trainer.settings import TrainerSettings
 from shared.contracts.specs import parse_spec
+from shared.contracts.status import JOB_ACTIVE, JobStatus, RunStatus
 from shared.db.models import Job, Run, utcnow
 from shared.db.session import Database
+from shared.jobs import finish_job, is_active
 from shared.storage import open_store
 
 log = logging.getLogger(__name__)
@@ -49,14 +51,16 @@ def launch(db: Database, launcher: Launcher, settings: TrainerSettings, job_id: 
     """Start a new attempt of a training job; None when there is nothing to run."""
     with db.session() as session:
         job = session.get(Job, uuid.UUID(job_id))
-        if job is None or job.cancel_requested or job.status not in ("queued", "running"):
+        if job is None or not is_active(job):
             return None
         attempts = session.scalar(select(func.count()).where(Run.job_id == job.id)) or 0
         if attempts >= settings.max_launches:
-            job.status, job.finished_at = "failed", utcnow()
-            job.error = f"the run was lost {attempts} times; gave up"
+            error = f"the run was lost {attempts} times; gave up"
+            finish_job(session, job, JobStatus.FAILED, error=error)
             return None
-        run = Run(job_id=job.id, attempt=attempts + 1, launcher=launcher.name, status="starting")
+        run = Run(
+            job_id=job.id, attempt=attempts + 1, launcher=launcher.name, status=RunStatus.STARTING
+        )
         session.add(run)
         job.heartbeat_at = utcnow()  # the new attempt gets a full grace period
         distributed = getattr(parse_spec(job.spec), "distributed", None)
@@ -78,9 +82,9 @@ def launch(db: Database, launcher: Launcher, settings: TrainerSettings, job_id: 
     )
     handle = launcher.launch(request)
     with db.session() as session:
-        stored = session.get(Run, run.id)
-        assert stored is not None
-        stored.handle, stored.status = handle, "running"
+        session.execute(
+            update(Run).where(Run.id == run.id).values(handle=handle, status=RunStatus.RUNNING)
+        )
     log.info("launched job %s attempt %s as %s", job_id, run.attempt, handle)
     return handle
 
@@ -93,20 +97,20 @@ def watch_once(db: Database, launcher: Launcher, settings: TrainerSettings) -> l
         runs = session.execute(
             select(Run, Job)
             .join(Job, Job.id == Run.job_id)
-            .where(Run.status == "running", Job.kind.in_(TRAINING_KINDS))
+            .where(Run.status == RunStatus.RUNNING, Job.kind.in_(TRAINING_KINDS))
         ).all()
         for run, job in runs:
             state = launcher.status(run.handle)
-            if job.status not in ("queued", "running"):
+            if job.status not in JOB_ACTIVE:
                 if state.phase in ("running", "pending"):
                     launcher.stop(run.handle)
-                run.status, run.ended_at = "ended", utcnow()
+                run.status, run.ended_at = RunStatus.ENDED, utcnow()
                 continue
             beat = _aware(job.heartbeat_at) or _aware(run.started_at)
             if state.phase in ("succeeded", "failed", "unknown") or (beat and beat < stale_before):
                 if state.phase in ("running", "pending"):
                     launcher.stop(run.handle)
-                run.status, run.ended_at, run.exit_code = "lost", utcnow(), state.exit_code
+                run.status, run.ended_at, run.exit_code = RunStatus.LOST, utcnow(), state.exit_code
                 relaunch.append(str(job.id))
     for job_id in relaunch:
         log.warning("job %s: run lost or silent; relaunching", job_id)

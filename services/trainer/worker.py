@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from celery import Celery
-
 from services.trainer import watcher
 from services.trainer.launcher import Launcher, LocalLauncher
 from services.trainer.settings import TrainerSettings
@@ -21,19 +19,19 @@ def make_launcher(settings: TrainerSettings) -> Launcher:
     return LocalLauncher()
 
 
-def register(app: Celery, db: Database, launcher: Launcher, settings: TrainerSettings) -> None:
-    """Bind the trainer's tasks to an app."""
+def tasks(db: Database, launcher: Launcher, settings: TrainerSettings) -> worker.Tasks:
+    """The trainer's task handlers by name."""
 
-    @app.task(name=queues.TRAIN_LAUNCH)  # type: ignore[untyped-decorator]
     def train_launch(job_id: str) -> None:
         """Start a training run for a job and return; the run reports for itself."""
         watcher.launch(db, launcher, settings, job_id)
 
-    @app.task(name=queues.JOB_ADVANCE)  # type: ignore[untyped-decorator]
     def job_advance(parent_id: str) -> None:
         """Start a pipeline's next child job, or settle the pipeline."""
         with db.session() as session:
             pipeline.advance(session, parent_id)
+
+    return {queues.TRAIN_LAUNCH: train_launch, queues.JOB_ADVANCE: job_advance}
 
 
 def main() -> None:
@@ -41,6 +39,6 @@ def main() -> None:
     settings = TrainerSettings()
     app, db, _store = worker.build(settings, "trainer")
     launcher = make_launcher(settings)
-    register(app, db, launcher, settings)
+    worker.register(app, tasks(db, launcher, settings))
     watcher.Watcher(db, launcher, settings).start()
     worker.run(app, queues.TRAIN_QUEUE, settings)

@@ -9,12 +9,11 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.contracts.specs import JobSpec
+from shared.contracts.status import JobStatus
 
 T = TypeVar("T")
 
 DatasetKind = Literal["source", "cold", "rl", "eval"]
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class Out(BaseModel):
@@ -115,7 +114,7 @@ class JobOut(Out):
     parent_id: uuid.UUID | None
     name: str
     kind: str
-    status: str
+    status: JobStatus
     spec: dict[str, Any]
     warnings: list[str]
     items_total: int

@@ -3,17 +3,23 @@
 Work for the queues is registered on the session with :func:`enqueue_after_commit` and
 handed to the dispatcher only once the transaction has committed; a rollback discards it.
 A message can therefore never point at a row that does not exist.
+
+A database without a dispatcher keeps its messages in the ``outbox`` table instead,
+written in the sender's own transaction, so they exist exactly when the state that needs
+them was committed; a relay (:func:`take_outbox`) hands them on later.  The embedded
+runner is such a relay, and a training process started without a broker writes there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db.models import OutboxMessage
 
 _PENDING = "vr1_pending_tasks"
 _DISPATCHER = "vr1_dispatcher"
@@ -23,16 +29,6 @@ class Dispatcher(Protocol):
     """Sends a task by name to its queue (Celery in cluster mode)."""
 
     def send(self, task_name: str, args: list[Any]) -> None: ...
-
-
-@dataclass
-class RecordingDispatcher:
-    """Keeps what would have been sent; used where no broker is configured."""
-
-    sent: list[tuple[str, list[Any]]] = field(default_factory=list)
-
-    def send(self, task_name: str, args: list[Any]) -> None:
-        self.sent.append((task_name, args))
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -54,13 +50,14 @@ def make_engine(url: str) -> Engine:
 
 
 class Database:
-    """An engine, a session factory and the dispatcher that after-commit work goes to."""
+    """An engine, a session factory and the dispatcher that after-commit work goes to
+    (none: messages are written to the outbox table)."""
 
     def __init__(self, url: str, dispatcher: Dispatcher | None = None) -> None:
         self.url = url
         self.engine = make_engine(url)
         self.factory = sessionmaker(self.engine, expire_on_commit=False)
-        self.dispatcher: Dispatcher = dispatcher or RecordingDispatcher()
+        self.dispatcher = dispatcher
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -82,8 +79,25 @@ class Database:
 
 
 def enqueue_after_commit(session: Session, task_name: str, args: list[Any]) -> None:
-    """Send ``task_name(*args)`` once this session's transaction commits."""
+    """Send ``task_name(*args)`` once this session's transaction commits (without a
+    dispatcher: write it to the outbox as part of this transaction)."""
+    if session.info.get(_DISPATCHER) is None:
+        session.add(OutboxMessage(task_name=task_name, args=args))
+        return
     session.info.setdefault(_PENDING, []).append((task_name, args))
+
+
+def take_outbox(session: Session, *, limit: int = 100) -> list[tuple[str, list[Any]]]:
+    """The oldest outbox messages, removed from the table when the session commits."""
+    rows = session.scalars(
+        select(OutboxMessage)
+        .order_by(OutboxMessage.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for row in rows:
+        session.delete(row)
+    return [(row.task_name, list(row.args)) for row in rows]
 
 
 @event.listens_for(Session, "after_commit")

@@ -1,114 +1,63 @@
-"""The ``openai`` engine: any OpenAI-compatible chat server over async HTTP.
+"""The ``openai`` engine: any OpenAI-compatible chat server, through the official client.
 
 Works with ``vllm serve``, SGLang, ``transformers serve`` and hosted APIs such as
-DeepSeek's.  Every request of a batch runs concurrently under a cap on requests in
-flight; transient failures (429, 5xx, 408/409, timeouts, dropped connections) are retried
-with exponential backoff and full jitter, honouring ``Retry-After``; other 4xx fail at
-once.  Optional requests- and tokens-per-minute buckets keep under provider quotas.  The
-API key is read from the environment variable the spec names and lives only in the HTTP
-client's headers: it is never logged, stored or returned.
+DeepSeek's.  The ``openai`` package's async client does the HTTP: retries of transient
+failures (429, 5xx, 408/409, timeouts, dropped connections) with exponential backoff and
+jitter, honouring ``Retry-After``; other 4xx fail at once.  Retries live there and only
+there: an error result that leaves this engine is final.
+
+What the client does not do is kept here: a cap on calls in flight and optional
+requests- and tokens-per-minute budgets, all held for the whole process (the engine is
+shared by every chunk a worker runs, see ``shared.engines.engine_for``); images as base64
+data URLs; the chain of thought read from ``reasoning_content``, ``reasoning`` or
+``<think>`` tags.  The API key is read from the environment variable the spec names and
+is never logged, stored or returned.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import random
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
-import httpx
+import openai
+from pydantic import SecretStr
 
 from shared.contracts.specs import EngineSpec
-from shared.engines.aio import BackgroundLoop
 from shared.engines.base import GenerationRequest, GenerationResult, failed, params_for
 from shared.engines.images import image_data_url
-from shared.engines.ratelimit import TokenBucket
+from shared.engines.limits import Slots, TokenBucket
 from shared.engines.reasoning import split_reasoning
 from shared.errors import EngineError, EngineRequestFailed, ImageRejected, InvalidInput
 from shared.settings import secret_from_env
 
 log = logging.getLogger(__name__)
 
-RETRYABLE_4XX = {408, 409, 429}
-MAX_RETRY_AFTER_S = 300.0  # a server asking for longer is treated as asking for this
+T = TypeVar("T")
 IMAGE_TOKENS_GUESS = 1024  # per image, for the token-budget estimate made before a call
 CHARS_PER_TOKEN = 3  # conservative: estimates should rather be high than low
+NO_KEY = "EMPTY"  # what local servers (vLLM, transformers serve) accept when none is set
 _VERSIONED_PATH = re.compile(r"/v\d+$")
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter: sleep uniform(0, min(max_s, base_s * 2**(n-1)))."""
-
-    base_s: float = 1.0
-    max_s: float = 60.0
-
-    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
-        jittered = rng.uniform(0.0, min(self.max_s, self.base_s * 2 ** (attempt - 1)))
-        if retry_after is None:
-            return jittered
-        return max(min(retry_after, MAX_RETRY_AFTER_S), jittered)
-
-
-class CallFailed(EngineRequestFailed):
-    """One HTTP attempt failed; ``retry_after`` is the server's hint in seconds, if any."""
-
-    def __init__(
-        self, message: str, *, kind: str, retryable: bool, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message, kind=kind, retryable=retryable)
-        self.retry_after = retry_after
-
-
-def chat_url(base_url: str) -> str:
-    """The chat-completions endpoint under ``base_url`` (with or without a ``/v1`` suffix)."""
+def api_base(base_url: str) -> str:
+    """The API root under ``base_url``: as given when it ends in ``/v<N>``, else ``/v1``."""
     base = base_url.rstrip("/")
-    if _VERSIONED_PATH.search(base):
-        return f"{base}/chat/completions"
-    return f"{base}/v1/chat/completions"
+    return base if _VERSIONED_PATH.search(base) else f"{base}/v1"
 
 
-def parse_retry_after(headers: httpx.Headers) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
+def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to the end from synchronous code, also from inside a running loop."""
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def failure_from_response(response: httpx.Response) -> CallFailed:
-    """Classify a non-2xx response as retryable or not, with a short kind."""
-    status = response.status_code
-    retryable = status in RETRYABLE_4XX or status >= 500
-    kind = "rate_limited" if status == 429 else f"http_{status}"
-    snippet = response.text[:300].replace("\n", " ")
-    return CallFailed(
-        f"HTTP {status} from server: {snippet}",
-        kind=kind,
-        retryable=retryable,
-        retry_after=parse_retry_after(response.headers) if retryable else None,
-    )
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(1, thread_name_prefix="openai-engine") as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def _content_text(content: Any) -> str:
@@ -121,7 +70,7 @@ def _content_text(content: Any) -> str:
 
 
 def parse_completion(data: Any) -> GenerationResult:
-    """A result from a chat-completion JSON body; raises ``CallFailed`` if malformed."""
+    """A result from a chat-completion JSON body; raises ``EngineRequestFailed`` if malformed."""
     try:
         choice = data["choices"][0]
         message = choice.get("message") or {}
@@ -135,8 +84,28 @@ def parse_completion(data: Any) -> GenerationResult:
             completion_tokens=int(usage.get("completion_tokens") or 0),
         )
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-        message = f"malformed completion: {exc!r}"
-        raise CallFailed(message, kind="bad_response", retryable=True) from exc
+        raise EngineRequestFailed(f"malformed completion: {exc!r}", kind="bad_response") from exc
+
+
+def attempts_made(error: openai.APIError) -> int:
+    """HTTP calls the client made before giving up (it numbers its retries in a header)."""
+    request = getattr(error, "request", None)
+    count = request.headers.get("x-stainless-retry-count") if request is not None else None
+    return int(count) + 1 if count and count.isdigit() else 1
+
+
+def classify(error: openai.APIError) -> tuple[str, str]:
+    """A short kind and a message for a call the client gave up on."""
+    if isinstance(error, openai.APIStatusError):
+        status = error.status_code
+        kind = "rate_limited" if status == 429 else f"http_{status}"
+        snippet = error.response.text[:300].replace("\n", " ")
+        return kind, f"HTTP {status} from server: {snippet}"
+    if isinstance(error, openai.APITimeoutError):  # a subclass of APIConnectionError
+        return "timeout", f"timed out: {error!r}"
+    if isinstance(error, openai.APIConnectionError):
+        return "connection_error", f"connection failed: {error.__cause__!r}"
+    return "bad_response", f"unusable response: {error!r}"
 
 
 class OpenAIEngine:
@@ -144,127 +113,108 @@ class OpenAIEngine:
 
     name = "openai"
 
-    def __init__(
-        self,
-        spec: EngineSpec,
-        *,
-        backoff: Backoff | None = None,
-        image_max_side: int | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
+    def __init__(self, spec: EngineSpec, *, image_max_side: int | None = None) -> None:
         if not spec.base_url:
             raise InvalidInput("engine 'openai' needs base_url", model=spec.model)
         self.spec = spec
         self.model_id = spec.model
-        self.url = chat_url(spec.base_url)
-        self._backoff = backoff or Backoff()
+        self.base_url = api_base(spec.base_url)
+        self._api_key = SecretStr(self._read_key(spec))
         self._image_max_side = image_max_side
-        self._rng = rng or random.Random()
+        self.slots = Slots(spec.max_in_flight)
         self._requests = TokenBucket(spec.requests_per_minute) if spec.requests_per_minute else None
         self._tokens = TokenBucket(spec.tokens_per_minute) if spec.tokens_per_minute else None
-        self._in_flight = asyncio.Semaphore(spec.max_in_flight)
-        # Bodies (with base64 images) exist only for requests holding one of these slots,
-        # so a batch of thousands does not encode every image up front.
-        self._active = asyncio.Semaphore(2 * spec.max_in_flight)
-        headers = {}
-        if spec.api_key_env:
-            key = secret_from_env(spec.api_key_env)
-            if key is None:
-                raise EngineError(
-                    f"environment variable {spec.api_key_env} (the API key) is not set",
-                    api_key_env=spec.api_key_env,
-                )
-            headers["Authorization"] = f"Bearer {key}"
-        self._loop = BackgroundLoop(f"openai-engine-{spec.model[-40:]}")
-        self._client = self._loop.run(self._make_client(headers))
+        self._closed = False
 
-    async def _make_client(self, headers: dict[str, str]) -> httpx.AsyncClient:
-        """The HTTP client, created on the engine's own loop, which is the only one using it."""
-        return httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(self.spec.timeout_s),
-            limits=httpx.Limits(max_connections=self.spec.max_in_flight),
-        )
+    @staticmethod
+    def _read_key(spec: EngineSpec) -> str:
+        if not spec.api_key_env:
+            return NO_KEY
+        key = secret_from_env(spec.api_key_env)
+        if key is None:
+            raise EngineError(
+                f"environment variable {spec.api_key_env} (the API key) is not set",
+                api_key_env=spec.api_key_env,
+            )
+        return key
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """One result per request, same order; failures become error results."""
+        if self._closed:
+            raise EngineError("the engine is closed", model=self.model_id)
         if not requests:
             return []
-        return self._loop.run(self._generate_all(list(requests)))
+        return run_coroutine(self._generate_all(list(requests)))
 
     def close(self) -> None:
-        """Close the HTTP connections and stop the engine's event loop."""
-        try:
-            self._loop.run(self._client.aclose())
-        except EngineError:
-            return  # already closed
-        self._loop.stop()
+        """Refuse further calls (clients live only as long as one batch)."""
+        self._closed = True
 
     async def _generate_all(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        return list(await asyncio.gather(*(self._one(r) for r in requests)))
+        client = openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=self._api_key.get_secret_value(),
+            max_retries=self.spec.max_retries,
+            timeout=self.spec.timeout_s,
+        )
+        # Bodies (with base64 images) exist only for requests holding one of these, so a
+        # batch of thousands does not encode every image up front.
+        building = asyncio.Semaphore(2 * self.spec.max_in_flight)
+        async with client:
+            calls = (self._one(client, building, r) for r in requests)
+            return list(await asyncio.gather(*calls))
 
-    async def _one(self, request: GenerationRequest) -> GenerationResult:
-        """Build the body, then call with retries; every problem ends as an error result."""
-        async with self._active:
-            return await self._with_retries(request)
-
-    async def _with_retries(self, request: GenerationRequest) -> GenerationResult:
+    async def _one(
+        self, client: openai.AsyncOpenAI, building: asyncio.Semaphore, request: GenerationRequest
+    ) -> GenerationResult:
+        """Build the body, then call; every problem ends as an error result."""
         started = time.perf_counter()
-        try:
-            body = await self._body(request)
-        except ImageRejected as exc:
-            return failed(exc.kind, exc.message, latency_s=time.perf_counter() - started)
-        estimate = self._estimate_tokens(request, body["max_tokens"])
-        attempt = 0
-        while True:
-            attempt += 1
+        async with building:
             try:
-                result = await self._attempt(body, estimate)
-            except CallFailed as exc:
-                if not exc.retryable or attempt > self.spec.max_retries:
-                    log.warning("%s: %s after %d attempt(s)", self.model_id, exc.kind, attempt)
-                    elapsed = time.perf_counter() - started
-                    return failed(exc.kind, exc.message, attempts=attempt, latency_s=elapsed)
-                delay = self._backoff.delay(attempt, exc.retry_after, self._rng)
-                log.info("%s: %s, retry %d in %.2f s", self.model_id, exc.kind, attempt, delay)
-                await asyncio.sleep(delay)
+                body = await self._body(request)
+            except ImageRejected as exc:
+                return failed(exc.kind, exc.message, latency_s=time.perf_counter() - started)
+            try:
+                result = await self._call(client, body, self._estimate_tokens(request, body))
+            except openai.APIError as exc:
+                kind, message = classify(exc)
+                attempts = attempts_made(exc)
+                log.warning("%s: %s after %d attempt(s)", self.model_id, kind, attempts)
+                elapsed = time.perf_counter() - started
+                return failed(kind, message, attempts=attempts, latency_s=elapsed)
+            except EngineRequestFailed as exc:
+                elapsed = time.perf_counter() - started
+                return failed(exc.kind, exc.message, attempts=1, latency_s=elapsed)
             except Exception as exc:  # a bug must not take the batch down; it is logged loudly
                 log.exception("%s: unexpected failure", self.model_id)
                 elapsed = time.perf_counter() - started
-                return failed("internal_error", repr(exc), attempts=attempt, latency_s=elapsed)
-            else:
-                result.attempts = attempt
-                result.latency_s = time.perf_counter() - started
-                return result
+                return failed("internal_error", repr(exc), attempts=1, latency_s=elapsed)
+        result.latency_s = time.perf_counter() - started
+        return result
 
-    async def _attempt(self, body: dict[str, Any], estimate: int) -> GenerationResult:
-        """One HTTP call under the concurrency cap and the rate limits."""
-        async with self._in_flight:
+    async def _call(
+        self, client: openai.AsyncOpenAI, body: dict[str, Any], estimate: int
+    ) -> GenerationResult:
+        """One logical call (the client's retries included) under the process's limits."""
+        async with self.slots:
             if self._requests is not None:
                 await self._requests.take(1)
             if self._tokens is not None:
                 await self._tokens.take(estimate)
-            try:
-                response = await self._client.post(self.url, json=body)
-            except httpx.TimeoutException as exc:
-                raise CallFailed(f"timed out: {exc!r}", kind="timeout", retryable=True) from exc
-            except httpx.TransportError as exc:
-                message = f"connection failed: {exc!r}"
-                raise CallFailed(message, kind="connection_error", retryable=True) from exc
-        if not response.is_success:
-            raise failure_from_response(response)
+            raw = await client.chat.completions.with_raw_response.create(**body)
         try:
-            data = response.json()
+            data = raw.http_response.json()
         except ValueError as exc:
-            raise CallFailed("response is not JSON", kind="bad_response", retryable=True) from exc
+            raise EngineRequestFailed("the response is not JSON", kind="bad_response") from exc
         result = parse_completion(data)
+        result.attempts = raw.retries_taken + 1
         used = result.prompt_tokens + result.completion_tokens
         if self._tokens is not None and used:
             self._tokens.give_back(estimate - used)  # settle the estimate with real usage
         return result
 
     async def _body(self, request: GenerationRequest) -> dict[str, Any]:
-        """The chat-completions JSON body; images become base64 data URLs."""
+        """The chat-completions arguments; images become base64 data URLs."""
         params = params_for(self.spec, request)
         urls = [
             await asyncio.to_thread(image_data_url, ref, self._image_max_side)
@@ -286,14 +236,15 @@ class OpenAIEngine:
             "top_p": params.top_p,
             "stream": False,
         }
-        if params.top_k is not None:
-            body["top_k"] = params.top_k
         if params.seed is not None:
             body["seed"] = params.seed
+        if params.top_k is not None:  # not an OpenAI parameter; vLLM and SGLang read it
+            body["extra_body"] = {"top_k": params.top_k}
         return body
 
     @staticmethod
-    def _estimate_tokens(request: GenerationRequest, max_tokens: int) -> int:
+    def _estimate_tokens(request: GenerationRequest, body: dict[str, Any]) -> int:
         """Tokens a call may use, charged before it and corrected from its usage after."""
         chars = len(request.prompt) + len(request.system or "")
-        return chars // CHARS_PER_TOKEN + IMAGE_TOKENS_GUESS * len(request.images) + max_tokens
+        images = IMAGE_TOKENS_GUESS * len(request.images)
+        return chars // CHARS_PER_TOKEN + images + int(body["max_tokens"])

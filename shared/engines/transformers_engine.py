@@ -1,16 +1,13 @@
 """The ``transformers`` engine: a local Hugging Face model, batched ``generate``, CPU or GPU.
 
-Vision-language models (a config with a ``vision_config``) load through ``AutoProcessor``
-and ``AutoModelForImageTextToText``; text models through ``AutoTokenizer`` and
-``AutoModelForCausalLM``.  Loaded models are cached per process, so the jobs a worker
-runs one after another share one copy.  Requests are grouped by generation params
-(one ``generate`` call samples with one setting) and run in left-padded batches of
-``spec.batch_size``.
+Models load through the Auto classes (``shared.engines.loading``) and are cached per
+process, so the jobs a worker runs one after another share one copy.  Requests are
+grouped by generation params (one ``generate`` call samples with one setting) and run in
+left-padded batches of ``spec.batch_size``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import threading
 import time
@@ -21,29 +18,15 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForImageTextToText,
-    AutoProcessor,
-    AutoTokenizer,
-)
 
 from shared.contracts.specs import EngineSpec, GenerationParams
 from shared.engines.base import GenerationRequest, GenerationResult, failed, params_for
 from shared.engines.images import load_image
+from shared.engines.loading import load_pretrained, vision_token_ids
 from shared.engines.reasoning import split_reasoning
 from shared.errors import EngineError, ImageRejected
 
 log = logging.getLogger(__name__)
-
-QWEN_VL_TYPES = {"qwen2_vl", "qwen2_5_vl"}
-# Placeholders a chat model must never write: a random or lightly trained model that
-# emits one makes the next forward pass fail ("image features and image tokens do not match").
-VISION_TOKEN_ATTRS = ("image_token_id", "video_token_id", "vision_start_token_id",
-                      "vision_end_token_id", "image_token_index", "video_token_index")  # fmt: skip
-VISION_TOKEN_TEXTS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
-                      "<|image_pad|>", "<|video_pad|>", "<image>", "<video>")  # fmt: skip
 
 
 @dataclass
@@ -107,54 +90,22 @@ def clear_model_cache() -> None:
         _CACHE.clear()
 
 
-def _register_image_only_processor(model_type: str) -> None:
-    """Without torchvision, Qwen-VL processors need the image-only registration first;
-    otherwise ``AutoProcessor`` silently returns a bare tokenizer and images are dropped."""
-    if model_type in QWEN_VL_TYPES and importlib.util.find_spec("torchvision") is None:
-        from shared.fixtures.qwen_processor import register_processor
-
-        register_processor()
-
-
 def _load(path: str, device: str, torch_dtype: torch.dtype) -> LoadedModel:
-    try:
-        config = AutoConfig.from_pretrained(path)
-        multimodal = getattr(config, "vision_config", None) is not None
-        if multimodal:
-            _register_image_only_processor(str(getattr(config, "model_type", "")))
-            processor = AutoProcessor.from_pretrained(path)  # type: ignore[no-untyped-call]
-            if getattr(processor, "image_processor", None) is None:
-                raise EngineError(
-                    "the multimodal model's processor loaded without an image processor",
-                    model=path,
-                )
-            tokenizer = processor.tokenizer
-            model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype)
-        else:
-            tokenizer = processor = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-    except OSError as exc:
-        raise EngineError(f"cannot load model from {path}: {exc}", model=path) from exc
-    model = model.to(device).eval()  # type: ignore[arg-type]
+    loaded = load_pretrained(path, dtype=torch_dtype)
+    model = loaded.model.to(device).eval()  # type: ignore[arg-type]
+    tokenizer = loaded.tokenizer
     tokenizer.padding_side = "left"  # decoder-only batches must end where generation starts
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(
         model=model,
-        processor=processor,
+        processor=loaded.processing_class,
         tokenizer=tokenizer,
-        multimodal=multimodal,
+        multimodal=loaded.vision,
         device=device,
-        suppress_ids=_vision_token_ids(config, tokenizer),
+        suppress_ids=vision_token_ids(loaded.config, tokenizer),
         eos_ids=_eos_ids(model, tokenizer),
     )
-
-
-def _vision_token_ids(config: Any, tokenizer: Any) -> list[int]:
-    ids = {getattr(config, attr, None) for attr in VISION_TOKEN_ATTRS}
-    vocab = tokenizer.get_vocab()
-    ids |= {vocab[text] for text in VISION_TOKEN_TEXTS if text in vocab}
-    return sorted(i for i in ids if isinstance(i, int))
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -4,10 +4,10 @@ The rules are pure functions; symbolic comparisons run in a ``VerifierPool`` (wo
 processes with a hard per-item time limit). Import from here, not from the submodules.
 """
 
+from shared.contracts.rewards import DEFAULT_REWARD
 from shared.rewards.consistency import consistency, stated_conclusion
 from shared.rewards.pool import InlineVerifier, Verifier, VerifierPool
 from shared.rewards.registry import (
-    DEFAULT_REWARD,
     REWARDS,
     RewardSpec,
     TRLReward,
@@ -18,7 +18,13 @@ from shared.rewards.registry import (
 )
 from shared.rewards.rules import MathJob, Verdict, judge_fast
 from shared.rewards.scoring import Judgement, ScoreItem, Scorer, ScoreResult
-from shared.rewards.text import FormatCheck, check_format, clean_answer, completion_text
+from shared.rewards.text import (
+    FormatCheck,
+    check_format,
+    clean_answer,
+    completion_text,
+    extract_final_answer,
+)
 
 __all__ = [
     "DEFAULT_REWARD",
@@ -40,6 +46,7 @@ __all__ = [
     "completion_text",
     "consistency",
     "default_scorer",
+    "extract_final_answer",
     "get_reward",
     "judge_fast",
     "reward_fn",

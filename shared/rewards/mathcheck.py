@@ -27,6 +27,7 @@ from shared.rewards.rules import (
     Verdict,
 )
 
+log = logging.getLogger(__name__)
 # The "timeout is disabled" warnings are expected: the caller enforces the limit.
 logging.getLogger("math_verify.parser").setLevel(logging.ERROR)
 logging.getLogger("math_verify.grader").setLevel(logging.ERROR)
@@ -85,7 +86,8 @@ def judge_math_guarded(job: MathJob, *, seconds: int = 5) -> Verdict:
         if _looks_heavy(job.gold) or _looks_heavy(job.pred):
             return Verdict(False, TIMEOUT, job.pred[:EXTRACTED_CHARS])
         return judge_math(job)
-    except Exception:
+    except Exception:  # a verdict for this item, but never an unseen one
+        log.exception("verifier error on gold %r, answer %r", job.gold[:200], job.pred[:200])
         return Verdict(False, VERIFIER_ERROR, job.pred[:EXTRACTED_CHARS])
 
 

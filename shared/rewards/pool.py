@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
@@ -163,8 +163,14 @@ class _Slot:
                 return Verdict(**json.loads(line))
             reason = TIMEOUT if self.alive else VERIFIER_ERROR
         except (OSError, RuntimeError, ValueError, TypeError):
+            log.exception("verifier worker failed")
             reason = VERIFIER_ERROR
-        log.warning("verifier worker replaced after %s", reason)
+        log.warning(
+            "verifier worker replaced after %s on gold %r, answer %r",
+            reason,
+            job.gold[:200],
+            job.pred[:200],
+        )
         self._respawn_quietly()
         return Verdict(False, reason, job.pred[:EXTRACTED_CHARS])
 
@@ -199,6 +205,7 @@ class VerifierPool:
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.timeout_s = timeout_s
         self.cache = LRUCache(cache_size)
+        self.failures: Counter[str] = Counter()  # verdicts that are timeouts or verifier errors
         self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         self._pending: dict[CacheKey, Future[Verdict]] = {}
         self._lock = threading.Lock()
@@ -231,7 +238,11 @@ class VerifierPool:
         with self._lock:
             self._pending.pop(key, None)
         if not future.cancelled() and future.exception() is None:
-            self.cache.put(key, future.result())
+            verdict = future.result()
+            if verdict.reason in (TIMEOUT, VERIFIER_ERROR):
+                with self._lock:
+                    self.failures[verdict.reason] += 1
+            self.cache.put(key, verdict)
 
     def check_many(self, jobs: Sequence[MathJob]) -> list[Verdict]:
         """Verdicts for ``jobs``, computed in parallel across the workers."""

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from shared.contracts.rewards import DEFAULT_REWARD
 from shared.errors import InvalidInput, UnknownReward
 from shared.rewards.pool import VerifierPool
 from shared.rewards.scoring import (
@@ -24,8 +25,6 @@ from shared.rewards.scoring import (
     hfrrf,
 )
 from shared.rewards.text import completion_text
-
-DEFAULT_REWARD = "hfrrf"
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,9 @@ _PREFIX = re.compile(
     r"^\s*(?:final\s+answer|the\s+(?:final\s+|correct\s+)?answer\s+is|answer)\s*[:：]?\s*",
     re.IGNORECASE,
 )
+_FINAL = re.compile(r"final\s+answer\s*[:：]\s*(.+)", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\s*[:：]?\s*(.+)", re.IGNORECASE)
+_MARKDOWN = re.compile(r"^[*_`#>\s]+|[*_`\s]+$")
 _DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 _BOX_OPENERS = ("\\boxed{", "\\fbox{")
 _NEEDS_CLEANING = re.compile(r"[<$\\.]|answer", re.IGNORECASE)
@@ -116,6 +119,50 @@ def extract_answer(text: str) -> str:
     if head[: len(ANSWER_OPEN)].lower() == ANSWER_OPEN:
         return head[len(ANSWER_OPEN) :]
     return tail
+
+
+def answer_block(text: str) -> str | None:
+    """The body of the last ``<answer>`` block (closed, or cut off at the end); None if none."""
+    lowered = text.lower()
+    start = lowered.rfind(ANSWER_OPEN)
+    if start < 0:
+        return None
+    end = lowered.find(ANSWER_CLOSE, start)
+    return text[start + len(ANSWER_OPEN) : end if end >= 0 else len(text)]
+
+
+def extract_final_answer(text: str, *, require_answer_block: bool = False) -> str:
+    """The final answer a model states, as one clean line.
+
+    Looked for in order: the last ``<answer>`` block, then in it (or in the whole text)
+    the last ``Final Answer:``, then the last ``\\boxed{}``; for text without either
+    marker, ``the answer is …``, else the last line.  With ``require_answer_block``, text
+    without an ``<answer>`` block states no answer (the evaluation rule of the paper).
+    """
+    block = answer_block(text)
+    if block is None and require_answer_block:
+        return ""
+    body = (text if block is None else block).strip()
+    finals = _FINAL.findall(body)
+    if finals:
+        body = finals[-1]
+    boxed = last_boxed(body)
+    if boxed is not None:
+        return boxed.strip()
+    if not finals and block is None:
+        stated = _ANSWER_IS.findall(body)
+        if stated:
+            return _one_line(stated[-1])
+        lines = [line for line in body.splitlines() if line.strip()]
+        body = lines[-1] if lines else ""
+    return _one_line(body)
+
+
+def _one_line(answer: str) -> str:
+    """The first line, without markdown emphasis or a closing period."""
+    answer = answer.strip().splitlines()[0] if answer.strip() else ""
+    answer = _MARKDOWN.sub("", answer).strip()
+    return answer.rstrip(".").strip()
 
 
 def think_body(text: str) -> str | None:

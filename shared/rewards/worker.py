@@ -7,6 +7,7 @@ Started by ``VerifierPool`` as ``python -m shared.rewards.worker``; a fresh inte
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import asdict
 from typing import TextIO
@@ -14,22 +15,27 @@ from typing import TextIO
 from shared.rewards.mathcheck import WORKER_READY, judge_math, warm_up
 from shared.rewards.rules import EXTRACTED_CHARS, VERIFIER_ERROR, MathJob, Verdict
 
+log = logging.getLogger("vr1.verifier")
+
 
 def answer(line: str) -> Verdict:
     """The verdict for one JSON job line; a bad input is a verdict, never a crash."""
     try:
         job = MathJob(**json.loads(line))
     except (ValueError, TypeError):
+        log.exception("unreadable verifier job %r", line[:200])
         return Verdict(False, VERIFIER_ERROR)
     try:
         return judge_math(job)
-    except Exception:
+    except Exception:  # a verdict for this item, but never an unseen one (stderr → service log)
+        log.exception("verifier error on gold %r, answer %r", job.gold[:200], job.pred[:200])
         return Verdict(False, VERIFIER_ERROR, job.pred[:EXTRACTED_CHARS])
 
 
 def serve(stdin: TextIO, stdout: TextIO) -> None:
     """Warm up, say ready, then answer job lines until stdin closes."""
     sys.setrecursionlimit(10_000)
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     warm_up()
     stdout.write(WORKER_READY + "\n")
     stdout.flush()

@@ -17,8 +17,7 @@ from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from shared import teams
 from shared.db.models import Dataset, Item, Job
-from shared.db.session import RecordingDispatcher
-from tests.helpers import write_image
+from tests.helpers import RecordingDispatcher, write_image
 
 pytestmark = pytest.mark.integration
 

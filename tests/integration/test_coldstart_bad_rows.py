@@ -17,11 +17,11 @@ import pytest
 from PIL import Image
 from sqlalchemy import select, update
 
+from entrypoints.bootstrap import Embedded, embedded
 from shared.contracts.api import DatasetCreate
 from shared.contracts.specs import ColdstartSpec
 from shared.datasets import register_dataset
 from shared.db.models import GenerationRecord, Item
-from shared.runner import Embedded, embedded
 from shared.settings import BaseVR1Settings
 from shared.storage import path_from_uri
 from tests.coldstart_support import check_export, engine, toy_subset

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from entrypoints.bootstrap import embedded
 from shared.contracts.api import DatasetCreate
 from shared.contracts.specs import ColdstartSpec, EngineSpec
 from shared.datasets import register_dataset
 from shared.db.models import GenerationRecord, Item
 from shared.engines import GenerationRequest, make_engine
 from shared.prompts import template_for
-from shared.runner import embedded
 from shared.settings import BaseVR1Settings
 from tests.coldstart_support import check_export, engine, toy_subset, transformers_serve
 

@@ -179,3 +179,39 @@ def test_pathological_request_does_not_block_normal_batches(base_url: str) -> No
     assert p99(during) < 3 * p99(baseline) + 1.0, (p99(baseline), p99(during))
     health = httpx.get(f"{base_url}/healthz").json()
     assert health["workers_alive"] == 2
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """One sample's value from a Prometheus text exposition (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key == (f"{name}{{{wanted}}}" if wanted else name):
+            return float(value)
+    return 0.0
+
+
+def test_metrics_count_items_by_reason_and_verifier_failures(base_url: str) -> None:
+    before = httpx.get(f"{base_url}/metrics").text
+    items = [
+        {"completion": GOOD, "answer": "3"},
+        {"completion": GOOD, "answer": "3"},
+        {"completion": "<think>x</think><answer>3^{3^{3^{3^{3^{3}}}}}</answer>", "answer": "7"},
+    ]
+    post(base_url, {"reward": "hfrrf", "items": items})
+    response = httpx.get(f"{base_url}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    after = response.text
+    ok = {"reward": "hfrrf", "reason": "ok"}
+    assert (
+        _metric(after, "vr1_reward_items_total", **ok)
+        == _metric(before, "vr1_reward_items_total", **ok) + 2
+    )
+    timeouts = {"reason": "timeout"}
+    assert (
+        _metric(after, "vr1_reward_verifier_failures_total", **timeouts)
+        == _metric(before, "vr1_reward_verifier_failures_total", **timeouts) + 1
+    )
+    assert _metric(after, "vr1_reward_verifier_workers_alive") == 2
+    assert 'vr1_reward_verifier_failures_total{reason="verifier_error"}' in after

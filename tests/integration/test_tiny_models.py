@@ -33,12 +33,12 @@ LOAD_AND_GENERATE = textwrap.dedent(
     from transformers import (
         AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer,
     )
-    from shared.fixtures.qwen_processor import register_processor
+    from shared.engines.loading import register_image_only_processor
     from shared.fixtures.tiny import vision_special_token_ids
 
     vlm_dir, text_dir, image_path = sys.argv[1:4]
     torch.manual_seed(0)
-    register_processor()
+    register_image_only_processor()
     processor = AutoProcessor.from_pretrained(vlm_dir)
     model = AutoModelForImageTextToText.from_pretrained(vlm_dir)
     messages = [{"role": "user", "content": [

@@ -1,6 +1,7 @@
 """Training jobs through the platform: stage state, metrics, checkpoints, crash and resume.
 
-Runs are real processes (``vr1 train-run``) started by the local launcher, writing to the
+Runs are real processes (``python -m services.trainer.run``) started by the local launcher,
+writing to the
 real PostgreSQL; the watcher relaunches a run that was killed.
 """
 
@@ -17,16 +18,17 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from entrypoints.bootstrap import Embedded, embedded
 from services.trainer import watcher
 from services.trainer.launcher import LocalLauncher
 from services.trainer.settings import TrainerSettings
+from shared.cold_data import ColdSample
 from shared.contracts.api import DatasetCreate
 from shared.contracts.specs import GrpoSpec, SftSpec, StageSpec
 from shared.datasets import register_dataset
 from shared.db.models import Artifact, Job, Metric, Run, Stage
-from shared.demo.teachers import register_sharegpt
-from shared.runner import Embedded, embedded
 from shared.settings import BaseVR1Settings
+from tests.helpers import discard_messages, register_cold
 
 pytestmark = pytest.mark.integration
 FAST_SFT = {
@@ -61,20 +63,14 @@ def toy(platform: Embedded, tmp_path: Path) -> dict[str, Any]:
     root = info.root
     rows = read_rows(info.train_path)
     cold = [
-        {
-            "messages": [
-                {"role": "user", "content": "<image>" + r["question"]},
-                {
-                    "role": "assistant",
-                    "content": f"<think>The shape is {r['answer']}.</think>"
-                    f"<answer>{r['answer']}</answer>",
-                },
-            ],
-            "images": [r["image"]],
-        }
+        ColdSample(
+            r["question"],
+            f"<think>The shape is {r['answer']}.</think><answer>{r['answer']}</answer>",
+            [root / r["image"]],
+        )
         for r in rows[:8]
     ]
-    cold_id = register_sharegpt(platform, name="cold-clean", examples=cold, image_root=root)
+    cold_id = register_cold(platform, "cold-clean", cold)
     (root / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:16]))
     team = platform.team()
     with platform.db.session() as session:
@@ -194,7 +190,7 @@ def test_killed_run_is_relaunched_and_resumes_stage_two(
         torch_threads=1,
     )
     job_id = platform.submit(_grpo_spec(toy, str(toy["student"]), steps=8))
-    platform.dispatcher.pending.clear()  # launched below by the watcher's launcher instead
+    discard_messages(platform)  # launched below by the watcher's launcher instead
     launcher = LocalLauncher()
     handle = watcher.launch(platform.db, launcher, settings, str(job_id))
     assert handle is not None

@@ -10,7 +10,6 @@ stage.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from entrypoints.bootstrap import Embedded, embedded
+from shared.cold_data import ColdSample
 from shared.contracts.api import DatasetCreate
 from shared.contracts.specs import (
     EvalOptions,
@@ -32,11 +33,10 @@ from shared.contracts.specs import (
 )
 from shared.datasets import register_dataset
 from shared.db.models import Job, Metric, Stage
-from shared.demo.teachers import register_sharegpt
 from shared.fixtures.tiny import build_tiny_vlm
 from shared.fixtures.toy import ToyDatasetInfo, generate_toy_dataset, read_rows
-from shared.runner import Embedded, embedded
 from shared.settings import BaseVR1Settings
+from tests.helpers import register_cold
 
 pytestmark = pytest.mark.learning
 
@@ -90,28 +90,19 @@ def _kind(row: dict[str, str]) -> str:
     return row["reference"]["caption"].split()[2]
 
 
-def write_cold_start_set(toy: ToyDatasetInfo) -> Path:
-    """One clean sample per colour, in the sharegpt form the coldstart job exports."""
+def cold_start_set(toy: ToyDatasetInfo) -> list[ColdSample]:
+    """One clean sample per colour, as the coldstart job would keep them."""
     first: dict[str, dict[str, str]] = {}
     for row in read_rows(toy.train_path):
         first.setdefault(row["answer"], row)
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": f"<image>{row['question']}"},
-                {
-                    "role": "assistant",
-                    "content": f"<think>The shape is a {_kind(row)}. It is {colour}.</think>"
-                    f"<answer>{colour}</answer>",
-                },
-            ],
-            "images": [row["image"]],
-        }
+    return [
+        ColdSample(
+            row["question"],
+            f"<think>The shape is a {_kind(row)}. It is {colour}.</think><answer>{colour}</answer>",
+            [toy.root / row["image"]],
+        )
         for colour, row in sorted(first.items())
     ]
-    path = toy.root / "cold_start.json"  # image paths are relative to this file
-    path.write_text(json.dumps(rows, indent=1))
-    return path
 
 
 def run_recipe(root: Path, *, seed: int = SEED, data_seed: int = DATA_SEED) -> Outcome:
@@ -123,12 +114,7 @@ def run_recipe(root: Path, *, seed: int = SEED, data_seed: int = DATA_SEED) -> O
     base = build_tiny_vlm(root / "base", seed=seed, size="tiny")
     seeded = {"seed": seed}
     platform = embedded(BaseVR1Settings(home=root / "platform"))
-    cold = register_sharegpt(
-        platform,
-        name="cold-start",
-        examples=json.loads(write_cold_start_set(toy).read_text()),
-        image_root=toy.root,
-    )
+    cold = register_cold(platform, "cold-start", cold_start_set(toy))
     rl = _register(platform, toy.train_path, "toy-train", "rl")
     held_out = _register(platform, toy.test_path, "toy-test", "eval")
 

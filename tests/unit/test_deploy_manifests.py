@@ -303,6 +303,22 @@ def test_dockerfile_targets_users_healthchecks_and_pins() -> None:
         assert _tag(image) not in ("", "latest"), f"{name}: {image}"
 
 
+def test_every_installed_package_is_copied_into_each_build() -> None:
+    """The image installs what pyproject.toml packages; a package left out of a COPY would
+    leave ``vr1`` (entrypoints) or a service missing in that image."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in config["tool"]["setuptools"]["packages"]["find"]["include"]}
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for name, stage in dockerfile_stages().items():
+        if not any(i == "RUN" and "pip install" in rest for i, rest in stage):
+            continue
+        copied = {rest.split()[0] for i, rest in stage if i == "COPY" and "--from" not in rest}
+        assert packages <= copied, f"{name} copies {sorted(copied)}"
+    assert not packages & set(ignored)
+
+
 def _pip_installs(stage: list[tuple[str, str]]) -> str:
     return " ".join(rest for instruction, rest in stage if instruction == "RUN" and "pip" in rest)
 

@@ -1,30 +1,29 @@
 """The ``openai`` engine's orchestration against a real local HTTP server with scripted replies:
-retries and backoff, the concurrency cap, rate limits, reasoning fields, images, API keys."""
+retries through the official client, the process-wide concurrency cap and rate limits
+(checked with counters and an injected clock, not with elapsed time), reasoning fields,
+images, API keys, and one engine per process."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import time
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from shared import engines
 from shared.contracts.specs import EngineSpec, GenerationParams
-from shared.engines import GenerationRequest, make_engine
-from shared.engines.openai_engine import Backoff, OpenAIEngine, chat_url, parse_retry_after
-from shared.engines.ratelimit import TokenBucket
+from shared.engines import GenerationRequest, engine_for, make_engine
+from shared.engines.limits import Slots, TokenBucket
+from shared.engines.openai_engine import OpenAIEngine, api_base
 from shared.errors import EngineError
 from tests.helpers import write_image
 from tests.openai_standin import StandinServer, Step, running
 
-FAST = Backoff(base_s=0.01, max_s=0.05)
 MakeEngine = Callable[..., OpenAIEngine]
 
 
@@ -42,16 +41,16 @@ def server(standin: StandinServer) -> StandinServer:
 
 @pytest.fixture
 def make(server: StandinServer) -> Iterator[MakeEngine]:
-    engines: list[OpenAIEngine] = []
+    built: list[OpenAIEngine] = []
 
     def build(**fields: Any) -> OpenAIEngine:
         spec = EngineSpec(engine="openai", model="standin", base_url=server.base_url, **fields)
-        engine = OpenAIEngine(spec, backoff=FAST)
-        engines.append(engine)
+        engine = OpenAIEngine(spec)
+        built.append(engine)
         return engine
 
     yield build
-    for engine in engines:
+    for engine in built:
         engine.close()
 
 
@@ -60,13 +59,14 @@ def ask(*texts: str) -> list[GenerationRequest]:
 
 
 def test_429_then_500_then_success_is_retried(server: StandinServer, make: MakeEngine) -> None:
-    server.plan("flaky", Step(429, headers={"Retry-After": "1"}), Step(500), Step(200))
+    server.plan("flaky", Step(429, headers={"Retry-After": "0.01"}), Step(500), Step(200))
     [result] = make().generate(ask("flaky"))
     assert result.ok, result.error
     assert result.attempts == 3
     assert result.text == "echo: flaky"
-    assert result.latency_s >= 1.0  # the Retry-After of the 429 was honoured
     assert server.attempts["flaky"] == 3
+    # The official client numbers its retries; the server saw 0, 1, 2.
+    assert [r.headers.get("x-stainless-retry-count") for r in server.received] == ["0", "1", "2"]
 
 
 def test_persistent_500_fails_alone(server: StandinServer, make: MakeEngine) -> None:
@@ -74,6 +74,7 @@ def test_persistent_500_fails_alone(server: StandinServer, make: MakeEngine) -> 
     results = make(max_retries=2).generate(ask("fine 1", "broken", "fine 2"))
     assert [r.ok for r in results] == [True, False, True]
     assert results[1].error_kind == "http_500"
+    assert "HTTP 500" in (results[1].error or "")
     assert results[1].attempts == 3
     assert results[1].text == ""
     assert results[1].finish_reason == "error"
@@ -105,13 +106,9 @@ def test_timeouts_are_retried(server: StandinServer, make: MakeEngine) -> None:
     assert results[1].attempts == 2
 
 
-def test_connection_errors_are_retried_then_reported(make: MakeEngine) -> None:
+def test_connection_errors_are_retried_then_reported() -> None:
     spec = EngineSpec(engine="openai", model="m", base_url="http://127.0.0.1:9", max_retries=1)
-    engine = OpenAIEngine(spec, backoff=FAST)
-    try:
-        [result] = engine.generate(ask("anyone there?"))
-    finally:
-        engine.close()
+    [result] = OpenAIEngine(spec).generate(ask("anyone there?"))
     assert result.error_kind == "connection_error"
     assert result.attempts == 2
 
@@ -120,51 +117,98 @@ def test_requests_in_flight_never_exceed_the_cap(server: StandinServer, make: Ma
     texts = [f"q{i}" for i in range(12)]
     for text in texts:
         server.plan(text, Step(delay_s=0.15))
-    results = make(max_in_flight=3).generate(ask(*texts))
+    engine = make(max_in_flight=3)
+    results = engine.generate(ask(*texts))
     assert all(r.ok for r in results)
     assert [r.text for r in results] == [f"echo: {t}" for t in texts]  # order kept
     assert server.max_in_flight == 3
+    assert engine.slots.in_use_peak == 3
 
 
-def test_requests_per_minute_limit_spreads_a_burst(server: StandinServer, make: MakeEngine) -> None:
-    texts = [f"burst {i}" for i in range(10)]
-    started = time.monotonic()
-    assert all(r.ok for r in make().generate(ask(*texts)))
-    unlimited = time.monotonic() - started
-    server.reset()
-    started = time.monotonic()
-    # 240/min = 4/s with a one-second bucket: 4 at once, then one every 0.25 s (1.5 s)
-    assert all(r.ok for r in make(requests_per_minute=240).generate(ask(*texts)))
-    limited = time.monotonic() - started
-    assert limited >= 1.3
-    assert limited > unlimited + 1.0
-    stamps = sorted(r.at for r in server.received)
-    assert stamps[-1] - stamps[0] >= 1.2
+def test_the_cap_holds_across_threads_sharing_one_engine(
+    server: StandinServer, make: MakeEngine
+) -> None:
+    """Worker threads each run their own event loop; the engine's cap spans them all."""
+    texts = [f"t{i}" for i in range(16)]
+    for text in texts:
+        server.plan(text, Step(delay_s=0.1))
+    engine = make(max_in_flight=2)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        chunks = [texts[k::4] for k in range(4)]
+        results = [
+            r for batch in pool.map(lambda c: engine.generate(ask(*c)), chunks) for r in batch
+        ]
+    assert all(r.ok for r in results)
+    assert server.max_in_flight == 2
+    assert engine.slots.in_use_peak == 2
 
 
-def test_tokens_per_minute_limit_slows_large_requests(make: MakeEngine) -> None:
-    params = GenerationParams(max_new_tokens=100)
-    requests = [GenerationRequest(prompt=f"t{i}", params=params) for i in range(4)]
-    started = time.monotonic()
-    # 3000/min = 50 tokens/s, bucket of 50.  Each call is charged ~100 up front and 85 come
-    # back from its usage (15 used), so each call after the first waits ~0.3 s.
-    assert all(r.ok for r in make(tokens_per_minute=3000).generate(requests))
-    assert time.monotonic() - started >= 0.6
+def test_slots_hand_freed_places_to_waiters_on_other_loops() -> None:
+    slots = Slots(2)
+    held = 0
+    peak = 0
+    lock = threading.Lock()
+
+    async def hold() -> None:
+        nonlocal held, peak
+        async with slots:
+            with lock:
+                held += 1
+                peak = max(peak, held)
+            await asyncio.sleep(0.01)
+            with lock:
+                held -= 1
+
+    async def many() -> None:
+        await asyncio.gather(*(hold() for _ in range(10)))
+
+    threads = [threading.Thread(target=asyncio.run, args=(many(),)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert peak == 2
+    assert slots.in_use == 0
+    assert slots.in_use_peak == 2
 
 
-def test_token_bucket_charges_waits_and_settles() -> None:
+def test_a_cancelled_waiter_gives_its_place_on() -> None:
+    async def scenario() -> int:
+        slots = Slots(1)
+        await slots.acquire()
+        waiter = asyncio.ensure_future(slots.acquire())
+        await asyncio.sleep(0)
+        waiter.cancel()
+        slots.release()  # handed to the cancelled waiter, which passes it on
+        await asyncio.sleep(0)
+        await asyncio.wait_for(slots.acquire(), 5)
+        return slots.in_use
+
+    assert asyncio.run(scenario()) == 1
+
+
+def test_token_bucket_reserves_in_arrival_order() -> None:
+    now = [0.0]
+    bucket = TokenBucket(240, clock=lambda: now[0])  # 4 per second, holds 4
+    assert bucket.capacity == 4
+    # A burst of ten: four at once, then one every quarter second, in the order asked.
+    waits = [bucket.reserve(1) for _ in range(10)]
+    assert waits[:4] == [0, 0, 0, 0]
+    assert waits[4:] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.25, 1.5])
+    now[0] = 10.0
+    assert bucket.reserve(1) == 0  # refilled, but never beyond one second's worth: 3 left
+    assert bucket.reserve(10) == pytest.approx(0.25)  # a big charge waits for a full bucket…
+    assert bucket.reserve(1) == pytest.approx(2.0)  # …and the next caller waits off its debt
+
+
+def test_token_bucket_settles_estimates() -> None:
     now = [0.0]
     bucket = TokenBucket(600, clock=lambda: now[0])  # 10 per second, holds 10
-    assert bucket.capacity == 10
-    assert bucket.wait_time(5) == 0
-    bucket._level -= 25  # a charge larger than the bucket leaves a debt
-    assert bucket.wait_time(5) == pytest.approx(2.0)  # from -15 up to 5 at 10/s
-    bucket.give_back(20)  # the call used less than estimated
-    assert bucket.wait_time(5) == 0
-    now[0] = 100.0
-    assert bucket.wait_time(1000) == 0  # refills only up to capacity; big asks need a full one
-    assert asyncio.run(bucket.take(3)) == 0
-    assert bucket.wait_time(10) == pytest.approx(0.3)
+    assert bucket.reserve(25) == 0  # a charge larger than the bucket leaves a debt
+    assert bucket.reserve(5) == pytest.approx(2.0)  # from -15 up to 5 at 10/s
+    bucket.give_back(30)  # both calls used less than estimated
+    assert bucket.reserve(5) == 0
+    assert asyncio.run(bucket.take(0)) == 0
 
 
 @pytest.mark.parametrize(
@@ -175,6 +219,7 @@ def test_token_bucket_charges_waits_and_settles() -> None:
         ({"content": "<think>think C</think>\nC"}, "C", "think C"),
         ({"content": "think D</think>D"}, "D", "think D"),
         ({"content": "E"}, "E", None),
+        ({"content": None, "reasoning": "cut off"}, "", "cut off"),
     ],
 )
 def test_reasoning_is_read_from_each_form(
@@ -190,6 +235,7 @@ def test_usage_and_finish_reason_are_recorded(server: StandinServer, make: MakeE
     [result] = make().generate(ask("long"))
     assert result.finish_reason == "length"
     assert (result.prompt_tokens, result.completion_tokens) == (11, 5)
+    assert result.attempts == 1
 
 
 def test_image_goes_as_a_data_url_and_bad_images_fail_alone(
@@ -261,26 +307,32 @@ def test_works_from_threads_and_from_inside_a_running_loop(make: MakeEngine) -> 
 def test_make_engine_builds_the_openai_backend(server: StandinServer) -> None:
     spec = EngineSpec(engine="openai", model="standin", base_url=server.base_url + "/v1/")
     engine = make_engine(spec)
-    try:
-        assert (engine.name, engine.model_id) == ("openai", "standin")
-        assert engine.generate(ask("via factory"))[0].text == "echo: via factory"
-    finally:
-        engine.close()
+    assert (engine.name, engine.model_id) == ("openai", "standin")
+    assert engine.generate(ask("via factory"))[0].text == "echo: via factory"
+    engine.close()
     engine.close()  # twice is harmless
     with pytest.raises(EngineError):
         engine.generate(ask("after close"))
 
 
-def test_chat_url_and_retry_after_parsing() -> None:
-    assert chat_url("http://h:1") == "http://h:1/v1/chat/completions"
-    assert (
-        chat_url("https://api.deepseek.com/v1/") == "https://api.deepseek.com/v1/chat/completions"
-    )
-    assert chat_url("http://h/openai/v2") == "http://h/openai/v2/chat/completions"
-    assert parse_retry_after(httpx.Headers({"Retry-After": "2.5"})) == 2.5
-    assert parse_retry_after(httpx.Headers({"retry-after-ms": "250"})) == 0.25
-    assert parse_retry_after(httpx.Headers({})) is None
-    later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
-    seconds = parse_retry_after(httpx.Headers({"Retry-After": later}))
-    assert seconds is not None
-    assert 25 < seconds <= 30
+def test_one_engine_per_process_for_specs_that_differ_only_in_sampling(
+    server: StandinServer,
+) -> None:
+    engines.close_engines()
+    base = EngineSpec(engine="openai", model="standin", base_url=server.base_url)
+    try:
+        first = engine_for(base)
+        greedy = engine_for(base.model_copy(update={"generation": GenerationParams(temperature=0)}))
+        limited = engine_for(base.model_copy(update={"requests_per_minute": 60}))
+        assert greedy is first
+        assert limited is not first
+    finally:
+        engines.close_engines()
+    assert engine_for(base) is not first  # closed engines are forgotten
+    engines.close_engines()
+
+
+def test_api_base_adds_v1_unless_a_version_is_given() -> None:
+    assert api_base("http://h:1") == "http://h:1/v1"
+    assert api_base("https://api.deepseek.com/v1/") == "https://api.deepseek.com/v1"
+    assert api_base("http://h/openai/v2") == "http://h/openai/v2"

@@ -118,7 +118,7 @@ def _request(gpus: int = 0, attempt: int = 2) -> LaunchRequest:
         job_id=JOB_ID,
         attempt=attempt,
         gpus=gpus,
-        command=["/opt/venv/bin/python", "-m", "shared.cli", "train-run", JOB_ID],
+        command=["/opt/venv/bin/python", "-m", "services.trainer.run", JOB_ID],
         env={
             "VR1_LOG_LEVEL": "DEBUG",
             "VR1_RUN_ATTEMPT": str(attempt),
@@ -147,7 +147,7 @@ def _expected_job(gpus: int) -> dict[str, Any]:
             {
                 "name": "train",
                 "image": "vr1/worker-gpu:0.1.0",
-                "command": ["/opt/venv/bin/python", "-m", "shared.cli", "train-run", JOB_ID],
+                "command": ["/opt/venv/bin/python", "-m", "services.trainer.run", JOB_ID],
                 "env": [
                     {"name": "VR1_LOG_LEVEL", "value": "DEBUG"},
                     {"name": "VR1_RUN_ATTEMPT", "value": "2"},

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.reasoner.export import user_turn
-from services.reasoner.postprocess import (
-    Candidate,
-    assistant_turn,
-    extract_final_answer,
-    leaks_answer,
-    precheck,
-    rewrite_wording,
-)
+from services.reasoner.postprocess import Candidate, leaks_answer, precheck, rewrite_wording
+from shared.contracts.sharegpt import assistant_turn, user_turn
+from shared.rewards import extract_final_answer
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,8 @@ from services.trainer.data import (
     load_sft_records,
     user_parts,
 )
-from services.trainer.evaluation import extract_final_answer
 from shared.errors import InvalidInput
+from shared.rewards import extract_final_answer
 from tests.helpers import write_image
 
 
@@ -109,4 +109,4 @@ def test_grpo_prompts_carry_the_image_and_the_gold_answer(tmp_path: Path) -> Non
     ],
 )
 def test_answer_is_read_from_the_last_answer_block(completion: str, expected: str) -> None:
-    assert extract_final_answer(completion) == expected
+    assert extract_final_answer(completion, require_answer_block=True) == expected

@@ -5,22 +5,23 @@ trains two tiny stand-ins with the platform's own ``sft`` job: a vision-language
 describer that answers the platform's Pseudo-CoT and description prompts, and a text
 reasoner that answers its reasoning prompt with a short R1-style CoT.  They are labelled
 as stand-ins wherever they appear; real runs point the same specs at real models.
+Their training sets are ``cold`` datasets like any other (``shared.cold_data``).
 """
 
 from __future__ import annotations
 
-import json
+import uuid
 from pathlib import Path
 from typing import Any
 
-from shared.db.models import Dataset
+from sqlalchemy.orm import Session
+
+from shared.cold_data import ColdSample, create_cold_dataset
 from shared.prompts import template_for
-from shared.runner import Embedded
-
-IMAGE = "<image>"
+from shared.storage import ArtifactStore
 
 
-def describer_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def describer_rows(rows: list[dict[str, Any]], image_root: Path) -> list[ColdSample]:
     """Two examples per toy item: the Pseudo-CoT call and the description call."""
     pseudo, described = template_for("pseudo_cot", None), template_for("description", None)
     examples = []
@@ -32,15 +33,7 @@ def describer_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             (described.render(question=row["question"], pseudo_cot=pseudo_cot), ref["description"]),
         ]
         for prompt, target in prompts:
-            examples.append(
-                {
-                    "messages": [
-                        {"role": "user", "content": IMAGE + prompt},
-                        {"role": "assistant", "content": target},
-                    ],
-                    "images": [row["image"]],
-                }
-            )
+            examples.append(ColdSample(prompt, target, [image_root / row["image"]]))
     return examples
 
 
@@ -54,7 +47,7 @@ def reasoner_target(row: dict[str, Any]) -> str:
     return f"<think>The description says it is {answer}.</think>\nFinal Answer: {answer}"
 
 
-def reasoner_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def reasoner_rows(rows: list[dict[str, Any]]) -> list[ColdSample]:
     """Text-only examples of the reasoning prompt and its target.
 
     Each item appears twice: with its own description, and with another item's (a
@@ -69,38 +62,27 @@ def reasoner_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             prompt = template.render(
                 description=description, question=row["question"], answer=row["answer"]
             )
-            examples.append(
-                {
-                    "messages": [
-                        {"role": "user", "content": prompt},
-                        {"role": "assistant", "content": reasoner_target(row)},
-                    ],
-                    "images": [],
-                }
-            )
+            examples.append(ColdSample(prompt, reasoner_target(row), []))
     return examples
 
 
-def register_sharegpt(
-    platform: Embedded, *, name: str, examples: list[dict[str, Any]], image_root: Path
+def register_teacher_data(
+    session: Session,
+    store: ArtifactStore,
+    *,
+    team_id: uuid.UUID,
+    name: str,
+    samples: list[ColdSample],
 ) -> str:
-    """Store a sharegpt training set (and its images) and register it as a `cold` dataset."""
-    prefix = f"demo/{name}"
-    for example in examples:
-        for image in example["images"]:
-            platform.store.put_file(image_root / image, f"{prefix}/{image}")
-    platform.store.put_bytes(json.dumps(examples).encode(), f"{prefix}/train.json")
-    team = platform.team()
-    with platform.db.session() as session:
-        dataset = Dataset(
-            team_id=team.id,
-            name=name,
-            kind="cold",
-            format="sharegpt",
-            size=len(examples),
-            uri=platform.store.uri_for(prefix),
-            meta={"file": "train.json", "stand_in_teacher_data": True},
-        )
-        session.add(dataset)
-        session.flush()
-        return str(dataset.id)
+    """Store a stand-in teacher's training set as a `cold` dataset; returns its ID."""
+    dataset = create_cold_dataset(
+        session,
+        store,
+        team_id=team_id,
+        name=name,
+        prefix=f"demo/{name}",
+        samples=samples,
+        parquet=False,
+        meta={"stand_in_teacher_data": True},
+    )
+    return str(dataset.id)

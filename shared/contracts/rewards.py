@@ -1,10 +1,13 @@
-"""Wire models of the reward service: the request, the response, the reward list."""
+"""Wire models of the reward service: the request, the response, the reward list.
+
+The service validates and answers with these; its client builds and reads them too.
+"""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.rewards.registry import DEFAULT_REWARD
+DEFAULT_REWARD = "hfrrf"
 
 
 class ScoreItemIn(BaseModel):

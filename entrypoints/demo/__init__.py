@@ -20,6 +20,10 @@ from typing import Any
 
 from sqlalchemy import select
 
+from entrypoints.bootstrap import Embedded, embedded, print_progress
+from entrypoints.demo.report import markdown, plot_stages
+from entrypoints.demo.teachers import describer_rows, reasoner_rows, register_teacher_data
+from shared.cold_data import ColdSample
 from shared.contracts.api import DatasetCreate
 from shared.contracts.specs import (
     ColdstartOptions,
@@ -33,13 +37,11 @@ from shared.contracts.specs import (
     SftSpec,
     StageSpec,
 )
+from shared.contracts.status import JobStatus
 from shared.datasets import register_dataset
 from shared.db.models import Job, Metric, Stage
-from shared.demo.report import markdown, plot_stages
-from shared.demo.teachers import describer_rows, reasoner_rows, register_sharegpt
 from shared.errors import VR1Error
 from shared.fixtures.toy import generate_toy_dataset, read_rows
-from shared.runner import Embedded, embedded, print_progress
 from shared.settings import BaseVR1Settings
 
 
@@ -98,9 +100,17 @@ def _register(
         return str(dataset.id)
 
 
+def _teacher_data(platform: Embedded, name: str, samples: list[ColdSample]) -> str:
+    team = platform.team()
+    with platform.db.session() as session:
+        return register_teacher_data(
+            session, platform.store, team_id=team.id, name=name, samples=samples
+        )
+
+
 def _run(platform: Embedded, spec: Any, name: str) -> Job:
     job = platform.run(spec, name=name)
-    if job.status != "succeeded":
+    if job.status != JobStatus.SUCCEEDED:
         raise VR1Error(f"demo step {name} ended {job.status}: {job.error}", job_id=str(job.id))
     return job
 
@@ -135,7 +145,7 @@ def run_demo(
     out = out.resolve()
     shutil.rmtree(out / "platform", ignore_errors=True)
     platform = embedded(settings or BaseVR1Settings(home=out / "platform"))
-    platform.dispatcher.on_message = print_progress(platform)
+    platform.on_message = print_progress(platform)
 
     _say("toy world (shape colours) and tiny models, built offline")
     toy = generate_toy_dataset(
@@ -158,15 +168,10 @@ def run_demo(
     test_set = _register(platform, "toy-test", "eval", test, toy.root)
 
     _say("stand-in teachers: sft jobs on the toy reference texts (not real teacher models)")
-    describer_data = register_sharegpt(
-        platform,
-        name="stand-in-describer-data",
-        examples=describer_rows(train),
-        image_root=toy.root,
+    describer_data = _teacher_data(
+        platform, "stand-in-describer-data", describer_rows(train, toy.root)
     )
-    reasoner_data = register_sharegpt(
-        platform, name="stand-in-reasoner-data", examples=reasoner_rows(train), image_root=toy.root
-    )
+    reasoner_data = _teacher_data(platform, "stand-in-reasoner-data", reasoner_rows(train))
     long_prompts = {"max_length": 512}  # teacher prompts are the platform's full templates
     describer_opts = _fast_sft(config, config.describer_steps, freeze_vision=False)
     reasoner_opts = _fast_sft(config, config.reasoner_steps, freeze_vision=False)

@@ -1,5 +1,6 @@
 """``vr1``: one command line that starts every role of the platform.
 
+This is the composition root's front door: it sits above the services and ``shared``.
 Service modules are imported inside the command that needs them, so ``vr1 serve
 gateway`` never loads torch and a missing optional extra fails only the command using it.
 """
@@ -14,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from shared.contracts.status import JobStatus
 from shared.settings import BaseVR1Settings
 
 app = typer.Typer(help="The Vision-R1 platform.", no_args_is_help=True, add_completion=False)
@@ -177,15 +179,15 @@ def run(
     """Run a job in-process on embedded defaults (SQLite, local folder, no broker)."""
     from pydantic import ValidationError
 
+    from entrypoints.bootstrap import embedded, print_progress
     from shared.contracts.specs import parse_spec
-    from shared.runner import embedded, print_progress
 
     try:
         parsed = parse_spec(json.loads(spec.read_text()))
     except (OSError, json.JSONDecodeError, ValidationError) as exc:
         _fail(f"cannot use {spec}: {exc}")
     platform = embedded(BaseVR1Settings())
-    platform.dispatcher.on_message = print_progress(platform)
+    platform.on_message = print_progress(platform)
     job = platform.run(parsed, name=name)
     typer.echo(
         json.dumps(
@@ -193,7 +195,7 @@ def run(
             indent=2,
         )
     )
-    if job.status != "succeeded":
+    if job.status != JobStatus.SUCCEEDED:
         raise typer.Exit(1)
 
 
@@ -208,9 +210,9 @@ def dataset_register(
     on_error: str = "reject",
 ) -> None:
     """Register a JSONL or Parquet file in the embedded database; prints its ID."""
+    from entrypoints.bootstrap import embedded
     from shared.contracts.api import ColumnMapping, DatasetCreate
     from shared.datasets import register_dataset
-    from shared.runner import embedded
 
     platform = embedded(BaseVR1Settings())
     request = DatasetCreate.model_validate(
@@ -240,18 +242,10 @@ def dataset_register(
 
 @app.command("train-run", hidden=True)
 def train_run(job_id: str) -> None:
-    """Run one training job in this process (what launchers start)."""
-    from services.trainer.run import train_run as run_training
-    from services.trainer.settings import TrainerSettings
-    from shared.db.session import Dispatcher
+    """Run one training job in this process (what launchers start, by its module)."""
+    from services.trainer.run import main as run_training
 
-    settings = TrainerSettings()
-    dispatcher: Dispatcher | None = None
-    if settings.redis_url:
-        from shared.queue import CeleryDispatcher, make_celery
-
-        dispatcher = CeleryDispatcher(make_celery(settings.redis_url))
-    raise typer.Exit(run_training(settings, job_id, dispatcher))
+    run_training([job_id])
 
 
 @app.command()
@@ -262,7 +256,7 @@ def demo(
     seed: int = 0,
 ) -> None:
     """The main job on embedded defaults: what the platform can run end to end today."""
-    from shared.demo import run_demo
+    from entrypoints.demo import run_demo
 
     report = run_demo(out, seed=seed)
     typer.echo(json.dumps(report, indent=2))

@@ -1,0 +1,118 @@
+"""Loading a Hugging Face model and its processor through the Auto classes, one way for all.
+
+Vision-language models (a config with a ``vision_config``) load through ``AutoProcessor``
+and ``AutoModelForImageTextToText``; text models through ``AutoTokenizer`` and
+``AutoModelForCausalLM``.  The ``transformers`` engine and the trainer both load here.
+
+transformers 5.x's Qwen2/2.5-VL processors insist on a video processor, and the video
+processor needs torchvision, which CPU machines must not install.  Where torchvision is
+absent, an image-only subclass is registered with ``AutoProcessor`` before loading;
+without that registration transformers silently returns a bare tokenizer and images are
+dropped, so a processor without an image processor is refused here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    PreTrainedModel,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLProcessor,
+)
+
+from shared.errors import EngineError
+
+# Placeholders a chat model must never write: a random or lightly trained model that
+# emits one makes the next forward pass fail ("image features and image tokens do not match").
+VISION_TOKEN_ATTRS = ("image_token_id", "video_token_id", "vision_start_token_id",
+                      "vision_end_token_id", "image_token_index", "video_token_index")  # fmt: skip
+VISION_TOKEN_TEXTS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+                      "<|image_pad|>", "<|video_pad|>", "<image>", "<video>")  # fmt: skip
+
+
+class QwenImageOnlyProcessor(Qwen2_5_VLProcessor):  # type: ignore[misc]
+    """Qwen2.5-VL processor without a video processor (images and text only)."""
+
+    def __init__(
+        self,
+        image_processor: Any = None,
+        tokenizer: Any = None,
+        chat_template: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        no_video = None  # the video processor would need torchvision
+        super().__init__(  # type: ignore[no-untyped-call]
+            image_processor, tokenizer, no_video, chat_template=chat_template, **kwargs
+        )
+
+
+def register_image_only_processor() -> None:
+    """Make ``AutoProcessor`` build the image-only processor for Qwen2.5-VL configs."""
+    AutoProcessor.register(  # type: ignore[no-untyped-call]
+        Qwen2_5_VLConfig, QwenImageOnlyProcessor, exist_ok=True
+    )
+
+
+def needs_image_only_processor() -> bool:
+    """True where torchvision is absent (the stock Qwen-VL processors cannot load)."""
+    return importlib.util.find_spec("torchvision") is None
+
+
+@dataclass
+class Pretrained:
+    """A loaded model, its processing class (processor or tokenizer) and its tokenizer."""
+
+    model: PreTrainedModel
+    processing_class: Any
+    tokenizer: Any
+    vision: bool
+    config: Any
+
+
+def is_vision_config(config: Any) -> bool:
+    """Whether a model config has a vision part."""
+    return getattr(config, "vision_config", None) is not None
+
+
+def load_processor(path: str | Path) -> Any:
+    """The multimodal processor saved at ``path``, with its image processor guaranteed."""
+    if needs_image_only_processor():
+        register_image_only_processor()
+    processor = AutoProcessor.from_pretrained(path)  # type: ignore[no-untyped-call]
+    if getattr(processor, "image_processor", None) is None:
+        message = "the multimodal model's processor loaded without an image processor"
+        raise EngineError(message, model=str(path))
+    return processor
+
+
+def load_pretrained(path: str | Path, *, dtype: torch.dtype = torch.float32) -> Pretrained:
+    """Model and processing class from a saved folder; ``EngineError`` if it cannot load."""
+    try:
+        config = AutoConfig.from_pretrained(path)
+        if is_vision_config(config):
+            processor = load_processor(path)
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+            return Pretrained(model, processor, processor.tokenizer, True, config)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        return Pretrained(model, tokenizer, tokenizer, False, config)
+    except OSError as exc:
+        raise EngineError(f"cannot load model from {path}: {exc}", model=str(path)) from exc
+
+
+def vision_token_ids(config: Any, tokenizer: Any) -> list[int]:
+    """Ids of image/video placeholder tokens, which must never be sampled."""
+    ids = {getattr(config, attr, None) for attr in VISION_TOKEN_ATTRS}
+    vocab = tokenizer.get_vocab()
+    ids |= {vocab[text] for text in VISION_TOKEN_TEXTS if text in vocab}
+    return sorted(i for i in ids if isinstance(i, int))
