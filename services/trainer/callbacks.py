@@ -13,15 +13,26 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from shared.errors import VR1Error
 
 LogFn = Callable[[int, dict[str, float]], None]
+# transformers 5.18 renamed gradient checkpointing; the GPU image's 5.17 knows the old name.
+CHECKPOINTING = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    else "gradient_checkpointing"
+)
 StopFn = Callable[[], bool]
 
 
-def run_arguments(seed: int, checkpoint_every: int | None) -> dict[str, Any]:
+def run_arguments(
+    seed: int, checkpoint_every: int | None, deepspeed_config: str | None = None
+) -> dict[str, Any]:
     """TRL arguments every platform run sets alike: seeds, a log per step for the metrics,
-    checkpoints every N steps (to resume), no reporting or progress bars, and activation
-    checkpointing and pinned memory only on a GPU (on a CPU they only cost time)."""
+    checkpoints every N steps (to resume), no reporting or progress bars, activation
+    checkpointing and pinned memory only on a GPU (on a CPU they only cost time), and the
+    job's DeepSpeed config (ZeRO stage, offload) when it names one."""
     on_gpu = torch.cuda.is_available()
+    extra = {"deepspeed": deepspeed_config} if deepspeed_config else {}
     return {
+        **extra,
         "seed": seed,
         "data_seed": seed,
         "logging_steps": 1,
@@ -29,7 +40,7 @@ def run_arguments(seed: int, checkpoint_every: int | None) -> dict[str, Any]:
         "save_steps": checkpoint_every or 500,
         "report_to": "none",
         "disable_tqdm": True,
-        "activation_checkpointing": on_gpu,
+        CHECKPOINTING: on_gpu,
         "dataloader_pin_memory": on_gpu,
     }
 

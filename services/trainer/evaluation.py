@@ -1,9 +1,11 @@
 """Evaluation as in the paper: sample, resample when ``</answer>`` is missing, judge.
 
-Each round generates for every row still lacking a closed answer block, in batches, until
-``max_tries`` rounds have run.  The answer is read from the last ``<answer>`` block (after
-``Final Answer:`` when the block has one) by the reward library's one rule, which also
-gives the verdict.
+Generation goes through the engine the spec names (``transformers``, or ``vllm`` as the
+paper served its models), through the same ``Engine`` interface the cold-start steps use.
+Each round generates for every row still lacking a closed answer block until
+``max_tries`` rounds have run, each round with its own seed (a resample must be able to
+differ).  The answer is read from the last ``<answer>`` block (after ``Final Answer:``
+when the block has one) by the reward library's one rule, which also gives the verdict.
 """
 
 from __future__ import annotations
@@ -11,13 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from services.trainer.data import EvalRow, open_image, prompt_messages
-from services.trainer.models import Policy, load_policy, vision_token_ids
-from shared.contracts.specs import EvalOptions
+from services.trainer.data import EvalRow
+from shared.contracts.specs import EngineSpec, EvalOptions, GenerationParams
+from shared.engines import Engine, GenerationRequest, make_engine
 from shared.rewards import (
     ScoreItem,
     Scorer,
@@ -41,6 +40,7 @@ class EvalItem:
     correct: bool | None
     format_ok: bool
     tries: int
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,49 +60,57 @@ class EvalSummary:
 ItemFn = Callable[[EvalItem], None]
 
 
-def _encode(policy: Policy, rows: Sequence[EvalRow]) -> dict[str, Any]:
-    """Left-padded model inputs for a batch of rows (images included for a VLM)."""
-    texts = [
-        policy.processing_class.apply_chat_template(
-            prompt_messages(row, vision=policy.vision), add_generation_prompt=True, tokenize=False
-        )
-        for row in rows
-    ]
-    if not policy.vision:
-        encoded = policy.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt")
-        return dict(encoded)
-    images = [[open_image(p) for p in row.images] for row in rows]
-    has_images = any(images)
-    encoded = policy.processing_class(
-        text=texts,
-        images=images if has_images else None,
-        padding=True,
-        padding_side="left",
-        return_tensors="pt",
+def eval_engine_spec(model: Path | str, options: EvalOptions) -> EngineSpec:
+    """The engine an eval job generates with."""
+    return EngineSpec(
+        engine=options.engine,
+        model=str(model),
+        dtype=options.dtype,
+        batch_size=options.batch_size,
+        generation=round_params(options, 0),
     )
-    return dict(encoded)
 
 
-def generate(
-    policy: Policy, rows: Sequence[EvalRow], options: EvalOptions, suppress: list[int]
-) -> list[str]:
-    """One completion per row, in order, sampled (or greedy at temperature 0)."""
-    inputs = _encode(policy, rows)
-    sampling: dict[str, Any] = {"do_sample": False}
-    if options.temperature > 0:
-        sampling = {"do_sample": True, "temperature": options.temperature, "top_p": options.top_p}
-    model: Any = policy.model  # generate() is untyped in transformers
-    with torch.inference_mode():
-        output = model.generate(
-            **inputs,
-            max_new_tokens=options.max_new_tokens,
-            suppress_tokens=suppress,  # a sampled image placeholder breaks the next forward
-            pad_token_id=policy.tokenizer.pad_token_id,
-            **sampling,
-        )
-    new_tokens = output[:, inputs["input_ids"].shape[1] :]
-    texts: list[str] = policy.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-    return texts
+def round_params(options: EvalOptions, round_index: int) -> GenerationParams:
+    """The paper's sampling, seeded per round so that a resample can differ."""
+    return GenerationParams(
+        max_new_tokens=options.max_new_tokens,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        seed=options.seed + round_index,
+    )
+
+
+@dataclass
+class _Sampled:
+    completions: list[str]
+    tries: list[int]
+    errors: list[str | None]
+
+
+def sample_until_answered(
+    engine: Engine, rows: Sequence[EvalRow], options: EvalOptions
+) -> _Sampled:
+    """One completion per row; rows without a closed answer block are sampled again."""
+    sampled = _Sampled([""] * len(rows), [0] * len(rows), [None] * len(rows))
+    # Greedy decoding gives the same text again, so resampling only helps when sampling.
+    rounds = options.max_tries if options.temperature > 0 else 1
+    pending = list(range(len(rows)))
+    for round_index in range(rounds):
+        params = round_params(options, round_index)
+        requests = [
+            GenerationRequest(
+                prompt=rows[i].question, images=tuple(str(p) for p in rows[i].images), params=params
+            )
+            for i in pending
+        ]
+        for i, result in zip(pending, engine.generate(requests), strict=True):
+            sampled.completions[i], sampled.tries[i] = result.completion, sampled.tries[i] + 1
+            sampled.errors[i] = None if result.ok else f"{result.error_kind}: {result.error}"
+        pending = [i for i in pending if ANSWER_CLOSE not in sampled.completions[i].lower()]
+        if not pending:
+            break
+    return sampled
 
 
 def evaluate(
@@ -112,38 +120,25 @@ def evaluate(
     *,
     on_item: ItemFn | None = None,
     scorer: Scorer | None = None,
+    engine: Engine | None = None,
 ) -> EvalSummary:
     """Accuracy and format rate of a model on ``rows``, reproducible for ``options.seed``."""
     rows = rows[: options.limit] if options.limit else rows
-    policy = load_policy(model_dir)
-    policy.model.train(False)  # no dropout while generating
-    suppress = vision_token_ids(policy)
-    torch.manual_seed(options.seed)
-    completions = [""] * len(rows)
-    tries = [0] * len(rows)
-    # Greedy decoding gives the same text again, so resampling only helps when sampling.
-    rounds = options.max_tries if options.temperature > 0 else 1
-    pending = list(range(len(rows)))
-    for _ in range(rounds):
-        for start in range(0, len(pending), options.batch_size):
-            batch = pending[start : start + options.batch_size]
-            texts = generate(policy, [rows[i] for i in batch], options, suppress)
-            for i, text in zip(batch, texts, strict=True):
-                completions[i], tries[i] = text, tries[i] + 1
-        pending = [i for i in pending if ANSWER_CLOSE not in completions[i].lower()]
-        if not pending:
-            break
-    return _judge(rows, completions, tries, scorer or default_scorer(), on_item)
+    owned = engine is None
+    engine = engine or make_engine(eval_engine_spec(model_dir, options))
+    try:
+        sampled = sample_until_answered(engine, rows, options)
+    finally:
+        if owned:
+            engine.close()
+    return _judge(rows, sampled, scorer or default_scorer(), on_item)
 
 
 def _judge(
-    rows: Sequence[EvalRow],
-    completions: list[str],
-    tries: list[int],
-    scorer: Scorer,
-    on_item: ItemFn | None,
+    rows: Sequence[EvalRow], sampled: _Sampled, scorer: Scorer, on_item: ItemFn | None
 ) -> EvalSummary:
     """Verdicts for every completion, and the summary."""
+    completions = sampled.completions
     extracted = [extract_final_answer(c, require_answer_block=True) for c in completions]
     # The extracted answer alone is judged, so the verdict reads exactly what we extracted.
     items = [ScoreItem(e, row.answer) for e, row in zip(extracted, rows, strict=True)]
@@ -157,7 +152,8 @@ def _judge(
             extracted=extracted[index],
             correct=verdicts[index].answer_ok,
             format_ok=check_format(completions[index]).ok,
-            tries=tries[index],
+            tries=sampled.tries[index],
+            error=sampled.errors[index],
         )
         results.append(item)
         if on_item is not None:

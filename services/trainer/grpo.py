@@ -9,8 +9,10 @@ completions looked like (from a zero-weight recording reward) with the loss and 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import PartialState
@@ -42,16 +44,53 @@ from services.trainer.models import (
 )
 from services.trainer.rollouts import RolloutRecorder
 from shared.contracts.specs import GrpoOptions, StageSpec
+from shared.engines.vllm_cpu_compat import keep_cpu_weights_updatable
 from shared.errors import InvalidInput
 from shared.rewards import Scorer, default_scorer
 
+log = logging.getLogger(__name__)
 RewardFn = Callable[..., list[float | None]]  # TRL's form: None means "no verdict"
+# TRL's mean |log p| difference between vLLM's sampling and the policy on the same tokens:
+# near 0 when each step's weights reached vLLM, large when they did not.
+VLLM_LOGP_GAP = "sampling/sampling_logp_difference/mean"
 
 
 def completions_per_step(stage: StageSpec, options: GrpoOptions) -> tuple[int, int]:
     """(prompts, completions) per optimizer step for this stage."""
     prompts = stage.prompts_per_step or options.prompts_per_step
     return prompts, prompts * stage.group_size
+
+
+def prompt_length(record: dict[str, Any], policy: Policy) -> int:
+    """Tokens of one GRPO prompt as the policy sees it: chat template and image tokens."""
+    text = policy.processing_class.apply_chat_template(
+        record["prompt"], add_generation_prompt=True, tokenize=False
+    )
+    if record.get("images"):
+        encoded = policy.processing_class(text=[text], images=record["images"])
+        return len(encoded["input_ids"][0])
+    return len(policy.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def within_prompt_length(
+    records: list[dict[str, Any]], policy: Policy, limit: int
+) -> list[dict[str, Any]]:
+    """The prompts of at most ``limit`` tokens (as verl and EasyR1 filter overlong prompts)."""
+    kept = [record for record in records if prompt_length(record, policy) <= limit]
+    if not kept:
+        raise InvalidInput(f"no prompt fits in max_prompt_length={limit} tokens")
+    if len(kept) < len(records):
+        log.warning("%d of %d prompts are over %d tokens: left out", len(records) - len(kept),
+                    len(records), limit)  # fmt: skip
+    return kept
+
+
+def never_sample(token_ids: list[int], *, vllm: bool) -> dict[str, Any]:
+    """Generation arguments that keep ``token_ids`` (image placeholders) out of rollouts, in
+    the form of the backend that generates them."""
+    if vllm:
+        return {"logit_bias": dict.fromkeys(token_ids, -100.0)}
+    return {"suppress_tokens": token_ids}
 
 
 def grpo_config(
@@ -81,7 +120,7 @@ def grpo_config(
         max_completion_length=stage.max_completion_tokens,
         temperature=stage.temperature or options.temperature,
         top_p=options.top_p,
-        generation_kwargs={"suppress_tokens": suppress},
+        generation_kwargs=never_sample(suppress, vllm=options.rollout_engine == "vllm"),
         learning_rate=stage.learning_rate or options.learning_rate,
         lr_scheduler_type=options.lr_scheduler,  # restarts per stage: each stage is a new run
         warmup_steps=0,
@@ -89,9 +128,10 @@ def grpo_config(
         beta=options.beta if stage.beta is None else stage.beta,  # > 0 loads a reference model
         loss_type=options.loss_type,
         use_vllm=options.rollout_engine == "vllm",
-        vllm_mode="colocate",
+        vllm_mode="colocate",  # the server mode's weight sync needs CUDA (NCCL)
+        use_cpu=not on_gpu,
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        **run_arguments(options.seed, checkpoint_every),
+        **run_arguments(options.seed, checkpoint_every, options.distributed.deepspeed_config),
     )
 
 
@@ -103,7 +143,7 @@ class StepMetrics(ForwardLogs):
         self.recorder, self.timer = recorder, timer
 
     def metrics(self, values: dict[str, float]) -> dict[str, float]:
-        return {
+        metrics = {
             "reward_mean": values.get("reward", 0.0),
             **self.recorder.pop(),
             "kl": values.get("kl", 0.0),  # TRL measures KL only when beta > 0
@@ -111,6 +151,11 @@ class StepMetrics(ForwardLogs):
             "learning_rate": values.get("learning_rate", 0.0),
             "step_time_s": self.timer.last_step_s,
         }
+        if VLLM_LOGP_GAP in values:  # how far vLLM's sampling is from the trained policy
+            metrics["rollout_logp_gap"] = values[VLLM_LOGP_GAP]
+        if torch.cuda.is_available():
+            metrics["gpu_memory_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        return metrics
 
 
 def build_grpo_trainer(
@@ -130,6 +175,8 @@ def build_grpo_trainer(
     if policy.vision and options.freeze_vision:
         freeze_vision(policy.model)
     records = grpo_records(prompts, vision=policy.vision, system_prompt=options.system_prompt)
+    if options.max_prompt_length:
+        records = within_prompt_length(records, policy, options.max_prompt_length)
     recorder = RolloutRecorder(stage.max_completion_tokens, scorer or default_scorer())
     args = grpo_config(
         stage,
@@ -139,6 +186,8 @@ def build_grpo_trainer(
         checkpoint_every=checkpoint_every,
     )
     args.reward_weights = [1.0] * len(reward_funcs) + [0.0]  # the recorder only watches
+    if args.use_vllm and not torch.cuda.is_available():
+        keep_cpu_weights_updatable()  # the colocated vLLM runs in this process
     trainer = GRPOTrainer(
         model=policy.model,
         reward_funcs=[*reward_funcs, recorder],
@@ -148,7 +197,29 @@ def build_grpo_trainer(
     )
     recorder.eos_ids = set(trainer.eos_token_ids)
     trainer.remove_callback(PrinterCallback)  # metrics go to on_step, not to stdout
+    if options.rollout_engine == "vllm":
+        sync_trained_weights_only(trainer.vllm_generation)
     return trainer, policy, recorder
+
+
+def sync_trained_weights_only(generation: Any) -> None:
+    """Before each rollout TRL copies the policy's weights into vLLM; frozen ones (the vision
+    tower and projector by default) cannot have changed since vLLM loaded the checkpoint,
+    so they are left out.  That spares time, and on CPU vLLM repacks some frozen vision
+    layers so that they cannot be loaded again at all."""
+    frozen = {
+        generation._fix_param_name_to_vllm(name)
+        for name, param in generation.model.named_parameters()
+        if not param.requires_grad
+    }
+    every_param = generation._iter_named_params
+
+    def trained_params() -> Iterator[tuple[str, Any]]:
+        for name, param in every_param():
+            if name not in frozen:
+                yield name, param
+
+    generation._iter_named_params = trained_params
 
 
 def run_grpo_stage(

@@ -12,9 +12,10 @@ import logging
 import sys
 import traceback
 import uuid
+from pathlib import Path
 
 from services.trainer.callbacks import TrainingStopped
-from services.trainer.evaluation import evaluate
+from services.trainer.evaluation import EvalItem, eval_engine_spec, evaluate
 from services.trainer.inputs import prompt_rows, sft_train_file
 from services.trainer.ptst import run_grpo_job
 from services.trainer.settings import TrainerSettings
@@ -24,6 +25,7 @@ from shared.contracts.specs import EvalSpec, GrpoSpec, SftSpec, parse_spec
 from shared.contracts.status import JobStatus, StageStatus
 from shared.db.models import Dataset, EvalResult, Job, utcnow
 from shared.db.session import Database, Dispatcher
+from shared.engines import Engine, make_engine
 from shared.errors import WrongJobKind
 from shared.jobs import finish_job, get_job, is_active, mark_running
 from shared.queue import CeleryDispatcher, make_celery
@@ -59,11 +61,25 @@ def run_eval_job(tracker: Tracker, spec: EvalSpec) -> dict[str, object]:
     """Accuracy per dataset; every item's completion and verdict stored."""
     tracker.ensure_stages([("eval", spec.model_dump(mode="json"))])
     tracker.start_stage(0, None)
-    model = path_from_uri(spec.model)
+    engine = make_engine(eval_engine_spec(path_from_uri(spec.model), spec))
+    try:
+        table = _eval_datasets(tracker, spec, engine)
+    finally:
+        engine.close()
+    tracker.update_stage(
+        0, status=StageStatus.SUCCEEDED, finished_at=utcnow(), summary={"table": table}
+    )
+    return {"accuracy": table}
+
+
+def _eval_datasets(
+    tracker: Tracker, spec: EvalSpec, engine: Engine
+) -> dict[str, dict[str, float | int]]:
+    """Each dataset through one engine; every item stored, a table row per dataset."""
     table: dict[str, dict[str, float | int]] = {}
     for dataset_id in spec.dataset_ids:
         rows = prompt_rows(tracker.db, tracker.store, dataset_id)
-        summary = evaluate(model, rows, spec)
+        summary = evaluate(Path(spec.model), rows, spec, engine=engine)
         with tracker.db.session() as session:
             for item in summary.items:
                 session.merge(
@@ -76,7 +92,7 @@ def run_eval_job(tracker: Tracker, spec: EvalSpec) -> dict[str, object]:
                         completion=item.completion,
                         extracted=item.extracted,
                         correct=item.correct,
-                        reason=None if item.format_ok else "bad_format",
+                        reason=_eval_reason(item),
                     )
                 )
             name = session.get(Dataset, uuid.UUID(dataset_id))
@@ -89,10 +105,14 @@ def run_eval_job(tracker: Tracker, spec: EvalSpec) -> dict[str, object]:
         tracker.log(
             0, len(table), {"accuracy": summary.accuracy, "format_rate": summary.format_rate}
         )
-    tracker.update_stage(
-        0, status=StageStatus.SUCCEEDED, finished_at=utcnow(), summary={"table": table}
-    )
-    return {"accuracy": table}
+    return table
+
+
+def _eval_reason(item: EvalItem) -> str | None:
+    """Why an item is not simply judged: the engine failed on it, or its format is bad."""
+    if item.error is not None:
+        return item.error.split(":", 1)[0][:64]
+    return None if item.format_ok else "bad_format"
 
 
 def _finish(

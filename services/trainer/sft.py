@@ -87,7 +87,7 @@ def sft_config(out_dir: Path, options: SftOptions, *, checkpoint_every: int | No
         gradient_accumulation_steps=accumulation_steps(options, PartialState().num_processes),
         assistant_only_loss=True,  # the prompt (and the image tokens) carry no loss
         bf16=bf16_enabled(options.bf16),
-        **run_arguments(options.seed, checkpoint_every),
+        **run_arguments(options.seed, checkpoint_every, options.distributed.deepspeed_config),
     )
 
 

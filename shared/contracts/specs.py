@@ -44,6 +44,21 @@ class GenerationParams(Strict):
     seed: int | None = None
 
 
+class VllmOptions(Strict):
+    """How vLLM's offline engine (engine ``vllm``) is built."""
+
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
+    gpu_memory_utilization: float = Field(
+        default=0.9,
+        gt=0.0,
+        le=1.0,
+        description="GPU memory share; on a CPU the KV cache "
+        "size comes from the VLLM_CPU_KVCACHE_SPACE environment variable instead.",
+    )
+    max_model_len: int | None = Field(default=None, ge=16, description="None = the model's.")
+    enforce_eager: bool = Field(default=False, description="No graph capture: faster start.")
+
+
 class EngineSpec(Strict):
     """Which model backend runs a step, and how it is called."""
 
@@ -64,11 +79,14 @@ class EngineSpec(Strict):
     requests_per_minute: int | None = Field(default=None, ge=1)
     tokens_per_minute: int | None = Field(default=None, ge=1)
     generation: GenerationParams = Field(default_factory=GenerationParams)
+    vllm: VllmOptions = Field(default_factory=VllmOptions)
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> EngineSpec:
         if self.engine == "openai" and not self.base_url:
             raise ValueError("engine 'openai' needs base_url")
+        if self.engine != "vllm" and self.vllm != VllmOptions():
+            raise ValueError(f"'vllm' options apply to engine 'vllm', not {self.engine!r}")
         return self
 
 
@@ -108,9 +126,19 @@ class ColdstartOptions(Strict):
     filters: ColdstartFilters = Field(default_factory=ColdstartFilters)
     chunk_size: int = Field(default=16, ge=1, le=1024)
     max_attempts: int = Field(default=3, ge=1, le=20)
-    export_formats: list[ExportFormat] = Field(default_factory=_all_export_formats, min_length=1)
+    export_formats: list[ExportFormat] = Field(
+        default_factory=_all_export_formats,
+        min_length=1,
+        description="sharegpt (always: the cold dataset is stored in it) and optionally parquet.",
+    )
     output_name: str | None = Field(default=None, max_length=200)
     limit: int | None = Field(default=None, ge=1, description="Process only the first N items.")
+
+    @model_validator(mode="after")
+    def _sharegpt_is_kept(self) -> ColdstartOptions:
+        if "sharegpt" not in self.export_formats:
+            raise ValueError("export_formats must include 'sharegpt': the cold dataset is it")
+        return self
 
 
 class ColdstartSpec(ColdstartOptions):
@@ -203,7 +231,12 @@ class GrpoOptions(Strict):
     top_p: float = Field(default=1.0, gt=0, le=1.0)
     prompts_per_step: int = Field(default=8, ge=1)
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
-    max_prompt_length: int | None = Field(default=None, ge=1)
+    max_prompt_length: int | None = Field(
+        default=None,
+        ge=1,
+        description="Prompts longer than this (in tokens, images "
+        "included) are left out of training; None keeps every prompt.",
+    )
     rollout_engine: Literal["transformers", "vllm"] = "transformers"
     freeze_vision: bool = True
     system_prompt: str | None = None
@@ -243,6 +276,9 @@ class EvalOptions(Strict):
     batch_size: int = Field(default=8, ge=1)
     limit: int | None = Field(default=None, ge=1, description="Evaluate the first N items.")
     engine: Literal["transformers", "vllm"] = "transformers"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto: float32 on a CPU, bfloat16 on a GPU (as the paper)."
+    )
     seed: int = 0
 
 

@@ -26,10 +26,16 @@ class GenerationRequest:
 
 @dataclass
 class GenerationResult:
-    """What one request produced, or why it failed (``error`` set, ``text`` empty)."""
+    """What one request produced, or why it failed (``error`` set, ``text`` empty).
+
+    ``text`` is the answer with any chain of thought split off into ``reasoning``;
+    ``completion`` is what the model wrote, as written (``<think>`` tags included), which
+    evaluation and rollouts judge.
+    """
 
     text: str = ""
     reasoning: str | None = None
+    completion: str = ""
     finish_reason: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0

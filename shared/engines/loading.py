@@ -29,6 +29,7 @@ from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLProcessor,
 )
+from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
 from shared.errors import EngineError
 
@@ -57,10 +58,13 @@ class QwenImageOnlyProcessor(Qwen2_5_VLProcessor):  # type: ignore[misc]
 
 
 def register_image_only_processor() -> None:
-    """Make ``AutoProcessor`` build the image-only processor for Qwen2.5-VL configs."""
+    """Make ``AutoProcessor`` build the image-only processor for Qwen2.5-VL configs (and
+    resolve its name, saved with the tiny models, in other processes)."""
     AutoProcessor.register(  # type: ignore[no-untyped-call]
         Qwen2_5_VLConfig, QwenImageOnlyProcessor, exist_ok=True
     )
+    # transformers before 5.18 silently skips registrations for its own config classes.
+    PROCESSOR_MAPPING._extra_content.setdefault(Qwen2_5_VLConfig, QwenImageOnlyProcessor)
 
 
 def needs_image_only_processor() -> bool:
@@ -84,10 +88,12 @@ def is_vision_config(config: Any) -> bool:
     return getattr(config, "vision_config", None) is not None
 
 
-def load_processor(path: str | Path) -> Any:
+def load_processor(path: str | Path, config: Any) -> Any:
     """The multimodal processor saved at ``path``, with its image processor guaranteed."""
     if needs_image_only_processor():
         register_image_only_processor()
+        if getattr(config, "model_type", "") == "qwen2_5_vl":
+            return QwenImageOnlyProcessor.from_pretrained(path)
     processor = AutoProcessor.from_pretrained(path)  # type: ignore[no-untyped-call]
     if getattr(processor, "image_processor", None) is None:
         message = "the multimodal model's processor loaded without an image processor"
@@ -100,7 +106,7 @@ def load_pretrained(path: str | Path, *, dtype: torch.dtype = torch.float32) -> 
     try:
         config = AutoConfig.from_pretrained(path)
         if is_vision_config(config):
-            processor = load_processor(path)
+            processor = load_processor(path, config)
             model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
             return Pretrained(model, processor, processor.tokenizer, True, config)
         tokenizer = AutoTokenizer.from_pretrained(path)

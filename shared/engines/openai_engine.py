@@ -69,16 +69,26 @@ def _content_text(content: Any) -> str:
     return ""
 
 
+def written(content: str, reasoning: str | None) -> str:
+    """The completion as the model wrote it: a CoT a server split off goes back in front,
+    in ``<think>`` tags (a server's reasoning parser removes them)."""
+    if reasoning is None or "</think>" in content:
+        return content
+    return f"<think>{reasoning}</think>{content}"
+
+
 def parse_completion(data: Any) -> GenerationResult:
     """A result from a chat-completion JSON body; raises ``EngineRequestFailed`` if malformed."""
     try:
         choice = data["choices"][0]
         message = choice.get("message") or {}
-        text, reasoning = split_reasoning(_content_text(message.get("content")), message)
+        content = _content_text(message.get("content"))
+        text, reasoning = split_reasoning(content, message)
         usage = data.get("usage") or {}
         return GenerationResult(
             text=text,
             reasoning=reasoning,
+            completion=written(content, reasoning),
             finish_reason=str(choice.get("finish_reason") or "stop"),
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),

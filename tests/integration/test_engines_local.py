@@ -157,32 +157,6 @@ def test_vllm_engine_without_the_extra_says_so(world: World) -> None:
         make_engine(EngineSpec(engine="vllm", model=str(world.vlm)))
 
 
-def _no_gpu_engine() -> str:
-    """Why the vllm engine cannot run here ("" when it can)."""
-    if importlib.util.find_spec("vllm") is None:
-        return "needs the gpu extra (vllm)"
-    import torch
-
-    return "" if torch.cuda.is_available() else "needs a CUDA GPU"
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(bool(_no_gpu_engine()), reason=_no_gpu_engine() or "runs")
-def test_vllm_engine_on_the_tiny_models(world: World) -> None:
-    engine = make_engine(EngineSpec(engine="vllm", model=str(world.vlm), generation=SHORT))
-    try:
-        requests = [
-            GenerationRequest(prompt=world.questions[0], images=(str(world.images[0]),)),
-            GenerationRequest(prompt="corrupt", images=(str(world.corrupt),)),
-        ]
-        results = engine.generate(requests)
-        assert results[0].ok
-        assert results[0].completion_tokens > 0
-        assert results[1].error_kind == "image_unreadable"
-    finally:
-        engine.close()
-
-
 # --- the openai engine against a real `transformers serve` ------------------------------
 
 

@@ -105,13 +105,20 @@ def cold_start_set(toy: ToyDatasetInfo) -> list[ColdSample]:
     ]
 
 
-def run_recipe(root: Path, *, seed: int = SEED, data_seed: int = DATA_SEED) -> Outcome:
+def run_recipe(
+    root: Path,
+    *,
+    seed: int = SEED,
+    data_seed: int = DATA_SEED,
+    size: str = "tiny",
+    grpo: GrpoOptions = GRPO,
+) -> Outcome:
     """Toy data, tiny VLM, then platform jobs: sft, grpo (PTST), eval after SFT and stages."""
     start = time.perf_counter()
     toy = generate_toy_dataset(
         root / "toy", seed=data_seed, n_train=256, n_test=128, tasks=["shape_colour"]
     )
-    base = build_tiny_vlm(root / "base", seed=seed, size="tiny")
+    base = build_tiny_vlm(root / "base", seed=seed, size=size)
     seeded = {"seed": seed}
     platform = embedded(BaseVR1Settings(home=root / "platform"))
     cold = register_cold(platform, "cold-start", cold_start_set(toy))
@@ -131,7 +138,7 @@ def run_recipe(root: Path, *, seed: int = SEED, data_seed: int = DATA_SEED) -> O
     began = time.perf_counter()
     grpo = _succeeded(
         platform,
-        GrpoSpec(model=model, dataset_id=rl, **GRPO.model_copy(update=seeded).model_dump()),
+        GrpoSpec(model=model, dataset_id=rl, **grpo.model_copy(update=seeded).model_dump()),
     )
     outcome.seconds["grpo"] = time.perf_counter() - began
     for stage in _stages(platform, grpo.id):

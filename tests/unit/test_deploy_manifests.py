@@ -336,4 +336,4 @@ def test_dockerfile_torch_stays_cpu_and_out_of_the_api_image() -> None:
     assert "/src[worker,gpu]" in _pip_installs(stages["worker-gpu"])
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '"torch==2.13.0"' in pyproject
-    assert '"vllm==0.31.0"' in pyproject
+    assert '"vllm==0.32.0"' in pyproject

@@ -1,0 +1,36 @@
+"""Spec fields that reach the trainer: the DeepSpeed config and the prompt-length limit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.trainer.callbacks import run_arguments
+from services.trainer.data import PromptRow, grpo_records
+from services.trainer.grpo import prompt_length, within_prompt_length
+from services.trainer.models import load_policy
+from shared.errors import InvalidInput
+from shared.fixtures.tiny import build_tiny_vlm
+from tests.helpers import write_image
+
+
+def test_a_deepspeed_config_reaches_the_training_arguments() -> None:
+    assert run_arguments(0, 10, "/configs/zero3.json")["deepspeed"] == "/configs/zero3.json"
+    assert "deepspeed" not in run_arguments(0, 10)
+
+
+def test_prompts_over_max_prompt_length_are_left_out(tmp_path: Path) -> None:
+    policy = load_policy(build_tiny_vlm(tmp_path / "vlm"))
+    image = write_image(tmp_path / "red.png", "red", size=56)
+    rows = [
+        PromptRow("What colour?", "red", (image,)),
+        PromptRow("What colour is the shape in this picture, please? " * 8, "red", (image,)),
+    ]
+    records = grpo_records(rows, vision=True)
+    short, long = (prompt_length(r, policy) for r in records)
+    assert short < long
+    assert within_prompt_length(records, policy, short) == records[:1]
+    assert within_prompt_length(records, policy, long) == records
+    with pytest.raises(InvalidInput, match="max_prompt_length"):
+        within_prompt_length(records, policy, short - 1)
