@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from shared.errors import VR1Error
+from shared.errors import InvalidInput, VR1Error
 
 LogFn = Callable[[int, dict[str, float]], None]
 # transformers 5.18 renamed gradient checkpointing; the GPU image's 5.17 knows the old name.
@@ -30,7 +32,7 @@ def run_arguments(
     checkpointing and pinned memory only on a GPU (on a CPU they only cost time), and the
     job's DeepSpeed config (ZeRO stage, offload) when it names one."""
     on_gpu = torch.cuda.is_available()
-    extra = {"deepspeed": deepspeed_config} if deepspeed_config else {}
+    extra = {"deepspeed": deepspeed_settings(deepspeed_config)} if deepspeed_config else {}
     return {
         **extra,
         "seed": seed,
@@ -43,6 +45,19 @@ def run_arguments(
         CHECKPOINTING: on_gpu,
         "dataloader_pin_memory": on_gpu,
     }
+
+
+def deepspeed_settings(path: str) -> dict[str, Any]:
+    """A job's DeepSpeed config, with ZeRO-3 weights gathered when a model is saved: each
+    stage ends in a plain checkpoint the next job loads (unless the file says otherwise)."""
+    try:
+        config: dict[str, Any] = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"cannot read the DeepSpeed config {path}: {exc}") from exc
+    zero = config.setdefault("zero_optimization", {})
+    if zero.get("stage") == 3:
+        zero.setdefault("stage3_gather_16bit_weights_on_model_save", True)
+    return config
 
 
 class TrainingStopped(VR1Error):

@@ -259,4 +259,4 @@ def run_grpo_stage(
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if stopper is not None and stopper.stopped_at is not None:
         raise TrainingStopped(stopper.stopped_at, str(out_dir / f"checkpoint-{stopper.stopped_at}"))
-    return save_policy(policy, out_dir / "final")
+    return save_policy(policy, out_dir / "final", trainer=trainer)

@@ -8,6 +8,15 @@ labels, image, command, env, the GPU count.  ``backoffLimit`` is always 0: a fai
 not retried by Kubernetes, because the platform's watcher decides about relaunches and the
 run resumes from its last checkpoint.
 
+A run on several machines (``num_machines > 1``) is one Indexed Job with a pod per machine
+and a headless Service of the same name: each pod's hostname is ``<job>-<index>``, so the
+first machine is reachable at ``<job>-0.<job>``; every pod runs ``accelerate launch`` with
+its completion index as ``--machine_rank``.  The Service is owned by the Job and goes
+with it.  Any pod failing fails the Job (``backoffLimit`` 0): the other pods are stopped
+and the watcher relaunches the whole group as the next attempt.  Plain Kubernetes does
+this; no operator (Kubeflow's ``PyTorchJob``/``TrainJob``) has to be installed first, and
+one attempt stays one Job, watched and stopped like a single-machine run.
+
 The ``kubernetes`` package is imported only when no API object is handed in.
 """
 
@@ -22,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
-from services.trainer.launcher import LaunchRequest, RunState
+from services.trainer.launcher import RENDEZVOUS_PORT, LaunchRequest, RunState, joining
 from shared.errors import InvalidInput, VR1Error
 
 if TYPE_CHECKING:
@@ -37,6 +46,10 @@ Propagation = Literal["Foreground", "Background"]
 # The template's pod takes these from the platform's Secret (envFrom); the launcher never
 # writes their values into a Job, where anyone allowed to read Jobs would see them.
 SECRET_ENV = ("VR1_DATABASE_URL", "VR1_REDIS_URL")
+# A pod of an Indexed Job finds its index in this annotation; the command reads it through
+# the container variable below (Kubernetes expands ``$(NAME)`` in a container's command).
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+MACHINE_RANK_ENV = "VR1_MACHINE_RANK"
 
 
 class LauncherError(VR1Error):
@@ -93,7 +106,8 @@ def state_of(job: Any) -> RunState:
             return RunState("pending", message=detail or "job suspended")
     if status is None:
         return RunState("pending", message="no pod yet")
-    if status.succeeded:
+    completions = getattr(getattr(job, "spec", None), "completions", None) or 1
+    if status.succeeded and status.succeeded >= completions:
         return RunState("succeeded", exit_code=0)
     if status.failed:
         return RunState("failed", message=f"{status.failed} pod(s) failed")
@@ -123,7 +137,9 @@ class KubernetesLauncher:
         artifact_path: str = "/var/lib/vr1",
         propagation: Propagation = "Foreground",
         secret_env: Collection[str] = SECRET_ENV,
+        rendezvous_port: int = RENDEZVOUS_PORT,
         api: Any = None,
+        core_api: Any = None,
     ) -> None:
         self.namespace = namespace
         self.template = load_template(template)
@@ -135,7 +151,9 @@ class KubernetesLauncher:
         self.artifact_path = artifact_path
         self.propagation: Propagation = propagation
         self.secret_env = frozenset(secret_env)
+        self.rendezvous_port = rendezvous_port
         self._api = api
+        self._core_api = core_api
 
     @classmethod
     def from_settings(cls, settings: TrainerSettings) -> KubernetesLauncher:
@@ -159,14 +177,19 @@ class KubernetesLauncher:
             self._api = client.BatchV1Api()
         return self._api
 
+    @property
+    def core_api(self) -> Any:
+        """The ``CoreV1Api`` (for a multi-machine run's Service), on the batch API's client."""
+        if self._core_api is None:
+            from kubernetes import client
+
+            self._core_api = client.CoreV1Api(self.api.api_client)
+        return self._core_api
+
     def render(self, request: LaunchRequest) -> dict[str, Any]:
         """The Job manifest for one attempt: the template with this run's values filled in."""
         job: dict[str, Any] = copy.deepcopy(self.template["job"])
-        labels = {
-            LABEL_COMPONENT: "training-run",
-            LABEL_JOB: _label_value(request.job_id),
-            LABEL_ATTEMPT: str(request.attempt),
-        }
+        labels = _labels(request)
         metadata = job.setdefault("metadata", {})
         metadata["name"] = job_name(request.job_id, request.attempt)
         metadata["namespace"] = self.namespace
@@ -181,23 +204,73 @@ class KubernetesLauncher:
         pod["restartPolicy"] = "Never"
         if self.service_account:
             pod["serviceAccountName"] = self.service_account
-        self._fill_container(_pick(pod["containers"], self.container), request)
+        container = _pick(pod["containers"], self.container)
+        self._fill_container(container, request)
+        if request.machines > 1:
+            self._place_machines(spec, pod, container, request, metadata["name"])
         if request.gpus > 0:
             _schedule_on_gpus(pod, self.template["gpu"])
         if self.artifact_claim:
             self._mount_artifacts(pod, _pick(pod["containers"], self.container))
         return job
 
+    def render_service(self, request: LaunchRequest, job_uid: str) -> dict[str, Any]:
+        """The headless Service that names the pods of a multi-machine run, owned by its Job
+        (deleting the Job, or its TTL expiring, deletes the Service too)."""
+        name = job_name(request.job_id, request.attempt)
+        labels = _labels(request)
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": name,
+                "namespace": self.namespace,
+                "labels": labels,
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": name,
+                        "uid": job_uid,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": {
+                "clusterIP": "None",
+                # Pods must find each other before any is ready: rendezvous comes first.
+                "publishNotReadyAddresses": True,
+                "selector": {LABEL_JOB: labels[LABEL_JOB], LABEL_ATTEMPT: labels[LABEL_ATTEMPT]},
+                "ports": [{"name": "rendezvous", "port": self.rendezvous_port, "protocol": "TCP"}],
+            },
+        }
+
     def launch(self, request: LaunchRequest) -> str:
-        """Create the Job; a Job that already exists for this attempt counts as launched."""
+        """Create the Job (and a multi-machine run's Service); what already exists for this
+        attempt counts as launched."""
         body = self.render(request)
-        handle = f"{self.namespace}/{body['metadata']['name']}"
+        name = body["metadata"]["name"]
+        handle = f"{self.namespace}/{name}"
         try:
-            self.api.create_namespaced_job(namespace=self.namespace, body=body)
+            created = self.api.create_namespaced_job(namespace=self.namespace, body=body)
         except Exception as exc:
             if _status(exc) != 409:  # 409: a redelivered launch of the same attempt
                 raise _wrap(exc, handle) from exc
+            created = None
+        if request.machines > 1:
+            self._create_service(request, created, handle)
         return handle
+
+    def _create_service(self, request: LaunchRequest, created: Any, handle: str) -> None:
+        name = handle.partition("/")[2]
+        try:
+            if created is None:  # launched before: the Service hangs off the existing Job
+                created = self.api.read_namespaced_job(name=name, namespace=self.namespace)
+            service = self.render_service(request, created.metadata.uid)
+            self.core_api.create_namespaced_service(namespace=self.namespace, body=service)
+        except Exception as exc:
+            if _status(exc) != 409:
+                raise _wrap(exc, handle) from exc
 
     def status(self, handle: str) -> RunState:
         """Where the Job is; ``unknown`` once it is gone (deleted or expired by its TTL)."""
@@ -240,6 +313,33 @@ class KubernetesLauncher:
             if not resources[kind]:
                 del resources[kind]
 
+    def _place_machines(
+        self,
+        spec: dict[str, Any],
+        pod: dict[str, Any],
+        container: dict[str, Any],
+        request: LaunchRequest,
+        name: str,
+    ) -> None:
+        """One pod per machine, each knowing its rank and the first machine's address."""
+        spec["completionMode"] = "Indexed"
+        spec["completions"] = request.machines
+        spec["parallelism"] = request.machines  # all at once: the rendezvous waits for all
+        pod["subdomain"] = name  # with the Service of that name, pods get DNS names
+        rank = {
+            "name": MACHINE_RANK_ENV,
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX_ANNOTATION}']"}},
+        }
+        container["env"] = [e for e in container["env"] if e["name"] != MACHINE_RANK_ENV]
+        container["env"].insert(0, rank)  # defined before the command refers to it
+        container["command"] = joining(
+            container["command"],
+            request.job_id,
+            machine_rank=f"$({MACHINE_RANK_ENV})",
+            main_address=f"{name}-0.{name}.{self.namespace}.svc",
+            port=self.rendezvous_port,
+        )
+
     def _mount_artifacts(self, pod: dict[str, Any], container: dict[str, Any]) -> None:
         volume = {"name": "artifacts", "persistentVolumeClaim": {"claimName": self.artifact_claim}}
         pod["volumes"] = [v for v in pod.get("volumes", []) if v.get("name") != "artifacts"]
@@ -249,6 +349,14 @@ class KubernetesLauncher:
             *mounts,
             {"name": "artifacts", "mountPath": self.artifact_path},
         ]
+
+
+def _labels(request: LaunchRequest) -> dict[str, str]:
+    return {
+        LABEL_COMPONENT: "training-run",
+        LABEL_JOB: _label_value(request.job_id),
+        LABEL_ATTEMPT: str(request.attempt),
+    }
 
 
 def _pick(containers: list[dict[str, Any]], name: str) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal, Protocol
 
+from shared.errors import InvalidInput
+
 RunPhase = Literal["pending", "running", "succeeded", "failed", "unknown"]
 
 
@@ -30,8 +32,15 @@ class LaunchRequest:
     attempt: int
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
-    gpus: int = 0
+    gpus: int = 0  # per machine
     log_dir: Path | None = None
+    machines: int = 1
+
+
+class LaunchRefused(InvalidInput):
+    """This launcher cannot start the run as asked (e.g. several machines on one host)."""
+
+    code = "launch_refused"
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,13 @@ class Launcher(Protocol):
         ...
 
 
+RENDEZVOUS_PORT = 29500  # where the first machine's main process waits for the others
+
+
+def _entry(job_id: str) -> list[str]:
+    return ["-m", "services.trainer.run", job_id]
+
+
 def run_command(
     job_id: str,
     *,
@@ -64,15 +80,38 @@ def run_command(
     accelerate_config: str | None = None,
     num_machines: int = 1,
 ) -> list[str]:
-    """The command of a training run; several processes go through ``accelerate launch``."""
-    entry = ["-m", "services.trainer.run", job_id]
+    """The command of a training run; several processes go through ``accelerate launch``.
+
+    ``num_processes`` counts the processes of all machines.  A run on several machines
+    also needs each machine's rank and the first machine's address: the launcher that
+    places the machines adds them (``joining``).
+    """
+    entry = _entry(job_id)
     if num_processes <= 1 and num_machines <= 1:
         return [sys.executable, *entry]
     command = [sys.executable, "-m", "accelerate.commands.launch"]
-    if accelerate_config:
+    if accelerate_config:  # its distributed type (DeepSpeed, FSDP, …) decides
         command += ["--config_file", accelerate_config]
+    else:  # torchrun-style data parallel; without GPUs the processes use gloo on CPUs
+        command += ["--multi_gpu"]
     command += ["--num_processes", str(num_processes), "--num_machines", str(num_machines)]
     return [*command, *entry]
+
+
+def joining(
+    command: list[str], job_id: str, *, machine_rank: str, main_address: str, port: int
+) -> list[str]:
+    """``command`` (from ``run_command``) as one machine of a multi-machine run runs it:
+    its rank among the machines, and where the first machine's main process listens."""
+    entry = _entry(job_id)
+    if command[-len(entry) :] != entry or "accelerate.commands.launch" not in command:
+        raise ValueError("not a run command of several processes: " + " ".join(command))
+    node = [
+        "--machine_rank", machine_rank,
+        "--main_process_ip", main_address,
+        "--main_process_port", str(port),
+    ]  # fmt: skip
+    return [*command[: -len(entry)], *node, *entry]
 
 
 class LocalLauncher:
@@ -90,6 +129,12 @@ class LocalLauncher:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def launch(self, request: LaunchRequest) -> str:
+        if request.machines > 1:
+            raise LaunchRefused(
+                f"a run on {request.machines} machines needs the kubernetes launcher; "
+                "the local launcher starts runs on this machine only",
+                job_id=request.job_id,
+            )
         with self._output(request) as output:
             process = subprocess.Popen(
                 request.command,

@@ -63,11 +63,23 @@ def vision_token_ids(policy: Policy) -> list[int]:
     return placeholder_ids(policy.config, policy.tokenizer)
 
 
-def save_policy(policy: Policy, out_dir: Path) -> Path:
-    """Save weights and the processing class with ``save_pretrained``; return the folder."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    policy.model.save_pretrained(out_dir)
-    policy.processing_class.save_pretrained(out_dir)
+def save_policy(policy: Policy, out_dir: Path, *, trainer: Any = None) -> Path:
+    """Save weights and the processing class with ``save_pretrained``; return the folder.
+
+    With several training processes only the main one writes (after ``trainer`` gathered
+    sharded weights) and the others wait until it has.
+    """
+    accelerator = getattr(trainer, "accelerator", None)
+    main = accelerator is None or accelerator.is_main_process
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        trainer.save_model(str(out_dir))  # every process: ZeRO-3 shards are gathered first
+    elif main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        policy.model.save_pretrained(out_dir)
+    if main:
+        policy.processing_class.save_pretrained(out_dir)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     return out_dir
 
 

@@ -8,7 +8,9 @@ checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
 import traceback
 import uuid
@@ -18,15 +20,16 @@ from services.trainer.callbacks import TrainingStopped
 from services.trainer.evaluation import EvalItem, eval_engine_spec, evaluate
 from services.trainer.inputs import prompt_rows, sft_train_file
 from services.trainer.ptst import run_grpo_job
+from services.trainer.ranks import Ranks
 from services.trainer.settings import TrainerSettings
 from services.trainer.sft import run_sft
 from services.trainer.tracking import Heartbeat, Tracker, latest_checkpoint
-from shared.contracts.specs import EvalSpec, GrpoSpec, SftSpec, parse_spec
+from shared.contracts.specs import EvalSpec, GrpoSpec, JobSpec, SftSpec, parse_spec
 from shared.contracts.status import JobStatus, StageStatus
 from shared.db.models import Dataset, EvalResult, Job, utcnow
 from shared.db.session import Database, Dispatcher
 from shared.engines import Engine, make_engine
-from shared.errors import WrongJobKind
+from shared.errors import VR1Error, WrongJobKind
 from shared.jobs import finish_job, get_job, is_active, mark_running
 from shared.queue import CeleryDispatcher, make_celery
 from shared.storage import open_store, path_from_uri
@@ -139,40 +142,85 @@ def _start(db: Database, job_id: uuid.UUID) -> Job | None:
 
 
 def train_run(settings: TrainerSettings, job_id: str, dispatcher: Dispatcher | None = None) -> int:
-    """Run one training job to its end; the exit code says whether it succeeded."""
+    """Run one training job to its end; the exit code says whether it succeeded.
+
+    Every process of a multi-process run calls this; the main one keeps the record.
+    """
     if settings.torch_threads:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
     db = Database(settings.resolved_database_url, dispatcher)
     store = open_store(settings.resolved_artifact_uri)
-    job = _start(db, uuid.UUID(job_id))
-    if job is None:
+    ranks = Ranks.current()
+    job = _start(db, uuid.UUID(job_id)) if ranks.is_main else None
+    if not ranks.from_main(job is not None):
         return 0
+    with db.session() as session:
+        job = get_job(session, team=None, job_id=job_id)
     workdir = store.local_path(store.uri_for(f"runs/{job_id}"))
-    tracker = Tracker(db, store, job.id, job.team_id, workdir)
+    tracker = Tracker(db, store, job.id, job.team_id, workdir, ranks=ranks)
     spec = parse_spec(job.spec)
+    beating = Heartbeat(db, job.id, settings.heartbeat_interval_s) if ranks.is_main else None
     try:
-        with Heartbeat(db, job.id, settings.heartbeat_interval_s):
-            if isinstance(spec, SftSpec):
-                output = run_sft_job(tracker, settings, spec)
-            elif isinstance(spec, GrpoSpec):
-                output = run_grpo_job(tracker, settings, spec)
-            elif isinstance(spec, EvalSpec):
-                output = run_eval_job(tracker, spec)
-            else:
-                raise WrongJobKind(job_id, expected="sft, grpo or eval", actual=spec.kind)
+        with beating or contextlib.nullcontext():
+            output = _run_kind(tracker, settings, spec, job_id)
+    except RunLost as lost:
+        log.warning("job %s: this attempt was lost (%s); the watcher relaunches it", job_id, lost)
+        return 1
     except TrainingStopped as stopped:
         log.info("job %s stopped at step %s", job_id, stopped.step)
-        _finish(db, job.id, JobStatus.CANCELLED)
+        if ranks.is_main:
+            _finish(db, job.id, JobStatus.CANCELLED)
         return 0
     except Exception as exc:  # whatever ended the run, the job records why
+        if ranks.count > 1 and peer_lost(exc):
+            log.warning("job %s: a process of this attempt is gone (%s); relaunching", job_id, exc)
+            return 1
         log.exception("job %s failed", job_id)
         detail = "".join(traceback.format_exception_only(exc)).strip()
-        _finish(db, job.id, JobStatus.FAILED, error=detail[:4000])
+        if ranks.is_main:
+            _finish(db, job.id, JobStatus.FAILED, error=detail[:4000])
         return 1
-    _finish(db, job.id, JobStatus.SUCCEEDED, output=output)
+    if ranks.is_main:
+        _finish(db, job.id, JobStatus.SUCCEEDED, output=output)
     return 0
+
+
+class RunLost(VR1Error):
+    """This attempt ended from outside (SIGTERM: its process group torn down, its pod
+    evicted); the job is not at fault, and the watcher relaunches it from a checkpoint."""
+
+    code = "run_lost"
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    raise RunLost(f"signal {signal.Signals(signum).name}")
+
+
+# What gloo and NCCL say when a peer process died under a collective operation.
+_PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken pipe")
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether a failure came from the process group losing a member, not from the job."""
+    import torch.distributed
+
+    if isinstance(exc, torch.distributed.DistError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _PEER_GONE)
+
+
+def _run_kind(
+    tracker: Tracker, settings: TrainerSettings, spec: JobSpec, job_id: str
+) -> dict[str, object]:
+    if isinstance(spec, SftSpec):
+        return run_sft_job(tracker, settings, spec)
+    if isinstance(spec, GrpoSpec):
+        return run_grpo_job(tracker, settings, spec)
+    if isinstance(spec, EvalSpec):
+        return run_eval_job(tracker, spec)
+    raise WrongJobKind(job_id, expected="sft, grpo or eval", actual=spec.kind)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -183,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     settings = TrainerSettings()
     logging.basicConfig(level=settings.log_level)
+    signal.signal(signal.SIGTERM, _interrupted)
     # Without a broker the run's messages go to the database's outbox (embedded mode).
     dispatcher = CeleryDispatcher(make_celery(settings.redis_url)) if settings.redis_url else None
     raise SystemExit(train_run(settings, args[0], dispatcher))

@@ -87,6 +87,7 @@ def sft_config(out_dir: Path, options: SftOptions, *, checkpoint_every: int | No
         gradient_accumulation_steps=accumulation_steps(options, PartialState().num_processes),
         assistant_only_loss=True,  # the prompt (and the image tokens) carry no loss
         bf16=bf16_enabled(options.bf16),
+        use_cpu=not torch.cuda.is_available(),
         **run_arguments(options.seed, checkpoint_every, options.distributed.deepspeed_config),
     )
 
@@ -146,4 +147,4 @@ def run_sft(
     if options.lora is not None:
         model = model.merge_and_unload()  # the next job loads a plain model, not an adapter
     policy.model = model
-    return save_policy(policy, out_dir / "final")
+    return save_policy(policy, out_dir / "final", trainer=trainer)

@@ -1,7 +1,8 @@
 """What a training run writes about itself: heartbeat, stage rows, metrics, artifacts.
 
-The run process is the only writer of its job's stage state; the watcher reads the
-heartbeat to tell a live run from a lost one.
+The run is the only writer of its job's stage state, and of a run of several processes
+only the main one writes (``services.trainer.ranks``); the watcher reads the heartbeat to
+tell a live run from a lost one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
+from services.trainer.ranks import Ranks
 from shared.contracts.status import StageStatus
 from shared.db.models import Artifact, Job, Metric, Stage, utcnow
 from shared.db.session import Database
@@ -63,27 +66,33 @@ class Tracker:
     job_id: uuid.UUID
     team_id: uuid.UUID
     workdir: Path
+    ranks: Ranks = field(default_factory=Ranks)
     cached_cancel: bool = field(default=False)
 
     def should_stop(self) -> bool:
-        """Whether the job was cancelled (asked once per training step)."""
-        if not self.cached_cancel:
+        """Whether the job was cancelled (asked once per training step, by every process;
+        the main process's answer holds for all, so that they stop at the same step)."""
+        if not self.cached_cancel and self.ranks.is_main:
             with self.db.session() as session:
                 self.cached_cancel = is_cancelled(session, self.job_id)
+        self.cached_cancel = self.ranks.from_main(self.cached_cancel)
         return self.cached_cancel
 
     def ensure_stages(self, configs: list[tuple[str, dict[str, Any]]]) -> list[Stage]:
         """The job's stage rows, created on the first launch and reused afterwards."""
+        if self.ranks.is_main:
+            with self.db.session() as session:
+                existing = {s.idx for s in self._stage_rows(session)}
+                for idx, (name, config) in enumerate(configs):
+                    if idx not in existing:
+                        session.add(Stage(job_id=self.job_id, idx=idx, name=name, config=config))
+        self.ranks.barrier()  # the others read the rows the main process made
         with self.db.session() as session:
-            existing = {
-                s.idx: s for s in session.scalars(select(Stage).where(Stage.job_id == self.job_id))
-            }
-            for idx, (name, config) in enumerate(configs):
-                if idx not in existing:
-                    existing[idx] = Stage(job_id=self.job_id, idx=idx, name=name, config=config)
-                    session.add(existing[idx])
-            session.flush()
-            return [existing[i] for i in sorted(existing)]
+            return self._stage_rows(session)
+
+    def _stage_rows(self, session: Session) -> list[Stage]:
+        query = select(Stage).where(Stage.job_id == self.job_id).order_by(Stage.idx)
+        return list(session.scalars(query))
 
     def stage(self, idx: int) -> Stage:
         """A fresh copy of one stage row."""
@@ -94,7 +103,9 @@ class Tracker:
             return row
 
     def update_stage(self, idx: int, **values: Any) -> None:
-        """Change a stage row."""
+        """Change a stage row (the main process does)."""
+        if not self.ranks.is_main:
+            return
         with self.db.session() as session:
             session.execute(
                 update(Stage).where(Stage.job_id == self.job_id, Stage.idx == idx).values(**values)
@@ -102,6 +113,8 @@ class Tracker:
 
     def start_stage(self, idx: int, resume_from: Path | None) -> None:
         """Mark a stage running; on a resume, drop metrics past the checkpoint (redone)."""
+        if not self.ranks.is_main:
+            return
         values: dict[str, Any] = {"status": StageStatus.RUNNING, "resume_checkpoint": None}
         if resume_from is not None:
             values["resume_checkpoint"] = str(resume_from)
@@ -117,7 +130,9 @@ class Tracker:
         self.update_stage(idx, **values)
 
     def log(self, stage_idx: int | None, step: int, values: dict[str, float]) -> None:
-        """One step's metrics; non-finite values are left out."""
+        """One step's metrics (written once, by the main process); non-finite ones left out."""
+        if not self.ranks.is_main:
+            return
         rows = [
             Metric(job_id=self.job_id, stage_idx=stage_idx, step=step, name=k, value=float(v))
             for k, v in values.items()
@@ -133,7 +148,14 @@ class Tracker:
             )
 
     def save_artifact(self, source: Path, key: str, *, kind: str, name: str, **meta: Any) -> str:
-        """Store a file or folder under the job's artifacts and register it."""
+        """Store a file or folder under the job's artifacts and register it (the main
+        process does; every process gets its URI once it is stored)."""
+        if self.ranks.is_main:
+            self._store_artifact(source, key, kind=kind, name=name, **meta)
+        self.ranks.barrier()
+        return self.store.uri_for(key)
+
+    def _store_artifact(self, source: Path, key: str, *, kind: str, name: str, **meta: Any) -> None:
         stored = (
             self.store.put_tree(source, key)
             if source.is_dir()
@@ -152,7 +174,6 @@ class Tracker:
                     meta=meta,
                 )
             )
-        return stored.uri
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:

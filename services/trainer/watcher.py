@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select, update
 
-from services.trainer.launcher import Launcher, LaunchRequest, run_command
+from services.trainer.launcher import Launcher, LaunchRefused, LaunchRequest, run_command
 from services.trainer.settings import TrainerSettings
 from shared.contracts.specs import parse_spec
 from shared.contracts.status import JOB_ACTIVE, JobStatus, RunStatus
@@ -71,16 +71,26 @@ def launch(db: Database, launcher: Launcher, settings: TrainerSettings, job_id: 
         num_machines=distributed.num_machines if distributed else 1,
         accelerate_config=distributed.accelerate_config if distributed else None,
     )
-    processes = distributed.num_processes if distributed else 1
     request = LaunchRequest(
         job_id=job_id,
         attempt=run.attempt,
         command=command,
-        gpus=processes * settings.gpus_per_process,
+        gpus=(distributed.processes_per_machine if distributed else 1) * settings.gpus_per_process,
         env=settings_env(settings),
         log_dir=store.local_path(store.uri_for(f"runs/{job_id}/logs")),
+        machines=distributed.num_machines if distributed else 1,
     )
-    handle = launcher.launch(request)
+    try:
+        handle = launcher.launch(request)
+    except LaunchRefused as refused:
+        with db.session() as session:
+            ended = {"status": RunStatus.ENDED, "ended_at": utcnow()}
+            session.execute(update(Run).where(Run.id == run.id).values(**ended))
+            job = session.get(Job, uuid.UUID(job_id))
+            if job is not None:
+                finish_job(session, job, JobStatus.FAILED, error=str(refused))
+        log.warning("job %s: %s", job_id, refused)
+        return None
     with db.session() as session:
         session.execute(
             update(Run).where(Run.id == run.id).values(handle=handle, status=RunStatus.RUNNING)

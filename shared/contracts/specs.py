@@ -159,12 +159,30 @@ class LoraSpec(Strict):
 
 
 class DistributedSpec(Strict):
-    """Passed through to ``accelerate launch``; the platform does not reimplement either."""
+    """Passed through to ``accelerate launch``; the platform does not reimplement either.
 
-    num_processes: int = Field(default=1, ge=1)
-    num_machines: int = Field(default=1, ge=1)
+    ``num_processes`` counts every process of the run, on all its machines (as
+    ``accelerate launch`` does); each machine runs the same share of them.
+    """
+
+    num_processes: int = Field(default=1, ge=1, le=4096, description="On all machines together.")
+    num_machines: int = Field(default=1, ge=1, le=512)
     accelerate_config: str | None = Field(default=None, description="Path of a config file.")
     deepspeed_config: str | None = Field(default=None, description="Path of a ZeRO config.")
+
+    @model_validator(mode="after")
+    def _same_share_per_machine(self) -> DistributedSpec:
+        if self.num_processes % self.num_machines:
+            raise ValueError(
+                f"num_processes ({self.num_processes}) counts the processes of all machines and"
+                f" must be a multiple of num_machines ({self.num_machines})"
+            )
+        return self
+
+    @property
+    def processes_per_machine(self) -> int:
+        """How many processes each machine runs."""
+        return self.num_processes // self.num_machines
 
 
 class SftOptions(Strict):

@@ -146,6 +146,9 @@ def _patch_class_check(module: ModuleType) -> None:
 
 def _register_image_only(module: ModuleType) -> None:
     """Processors saved as the platform's image-only Qwen processor resolve to it."""
+    loading = sys.modules.get("shared.engines.loading")
+    if loading is not None and not hasattr(loading, "register_image_only_processor"):
+        return  # it is being imported right now, and registers when it loads a processor
     importlib.import_module("shared.engines.loading").register_image_only_processor()
 
 

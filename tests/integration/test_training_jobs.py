@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import subprocess
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,8 @@ from sqlalchemy import func, select
 
 from entrypoints.bootstrap import Embedded, embedded
 from services.trainer import watcher
-from services.trainer.launcher import LocalLauncher
+from services.trainer.k8s_launcher import KubernetesLauncher
+from services.trainer.launcher import LaunchRequest, LocalLauncher, RunState
 from services.trainer.settings import TrainerSettings
 from shared.cold_data import ColdSample
 from shared.contracts.api import DatasetCreate
@@ -28,9 +32,10 @@ from shared.contracts.specs import GrpoSpec, SftSpec, StageSpec
 from shared.datasets import register_dataset
 from shared.db.models import Artifact, Job, Metric, Run, Stage
 from shared.settings import BaseVR1Settings
-from tests.helpers import discard_messages, register_cold
+from tests.helpers import discard_messages, free_port, register_cold
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 FAST_SFT = {
     "learning_rate": 1e-3,
     "lr_scheduler": "constant",
@@ -118,8 +123,9 @@ def test_sft_job_writes_stage_metrics_and_a_loadable_checkpoint(
     assert kinds == ["checkpoint"]
 
 
-def _grpo_spec(toy: dict[str, Any], model: str, steps: int = 4) -> GrpoSpec:
+def _grpo_spec(toy: dict[str, Any], model: str, steps: int = 4, processes: int = 1) -> GrpoSpec:
     return GrpoSpec(
+        distributed={"num_processes": processes},
         model=model,
         dataset_id=toy["rl"],
         stages=[
@@ -177,8 +183,33 @@ def _wait_for(predicate: Any, timeout_s: float, what: str) -> None:
     pytest.fail(f"timed out waiting for {what}")
 
 
+def _ranks_of(launcher_pid: int) -> list[int]:
+    """The training processes under ``launcher_pid`` (``accelerate launch`` starts torchrun's
+    agent, which starts one process per rank): the lowest ones running the training run."""
+    listing = subprocess.run(
+        ["ps", "-e", "-o", "pid=,ppid=,args="], capture_output=True, text=True, check=True
+    ).stdout
+    children: dict[int, list[int]] = {}
+    runs: set[int] = set()
+    for line in listing.splitlines():
+        pid_text, ppid_text, args = line.split(maxsplit=2)
+        children.setdefault(int(ppid_text), []).append(int(pid_text))
+        if "services.trainer.run" in args:
+            runs.add(int(pid_text))
+    ranks: list[int] = []
+    todo = [launcher_pid]
+    while todo:
+        pid = todo.pop()
+        below = [child for child in children.get(pid, []) if child in runs]
+        todo.extend(below)
+        if not below and pid != launcher_pid:
+            ranks.append(pid)
+    return sorted(ranks)
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["one process", "two processes, one killed"])
 def test_killed_run_is_relaunched_and_resumes_stage_two(
-    platform: Embedded, toy: dict[str, Any]
+    platform: Embedded, toy: dict[str, Any], processes: int
 ) -> None:
     settings = TrainerSettings(
         home=platform.settings.home,
@@ -189,7 +220,7 @@ def test_killed_run_is_relaunched_and_resumes_stage_two(
         stale_after_s=4.0,
         torch_threads=1,
     )
-    job_id = platform.submit(_grpo_spec(toy, str(toy["student"]), steps=8))
+    job_id = platform.submit(_grpo_spec(toy, str(toy["student"]), steps=8, processes=processes))
     discard_messages(platform)  # launched below by the watcher's launcher instead
     launcher = LocalLauncher()
     handle = watcher.launch(platform.db, launcher, settings, str(job_id))
@@ -200,7 +231,12 @@ def test_killed_run_is_relaunched_and_resumes_stage_two(
     )
     first_before = _stages(platform, job_id)[0]
     stage1_metrics = len(_metric(platform, job_id, "loss"))
-    os.killpg(int(handle), signal.SIGKILL)
+    if processes == 1:
+        os.killpg(int(handle), signal.SIGKILL)
+    else:  # one rank dies; its launcher must take the whole group down for a relaunch
+        ranks = _ranks_of(int(handle))
+        assert len(ranks) == 2, ranks
+        os.kill(ranks[-1], signal.SIGKILL)
 
     _wait_for(
         lambda: watcher.watch_once(platform.db, launcher, settings) != [],
@@ -241,3 +277,99 @@ def _last_handle(platform: Embedded, job_id: uuid.UUID) -> str:
         ).first()
         assert run is not None
         return run.handle
+
+
+@dataclass
+class _Recorded:
+    """A launcher that keeps the request instead of starting it (started by hand below)."""
+
+    name: str = "kubernetes"
+    requests: list[LaunchRequest] = field(default_factory=list)
+
+    def launch(self, request: LaunchRequest) -> str:
+        self.requests.append(request)
+        return f"vr1/{request.job_id}"
+
+    def status(self, handle: str) -> RunState:
+        return RunState("running")
+
+    def stop(self, handle: str) -> None:
+        return None
+
+
+def test_the_pods_of_a_two_machine_run_train_one_job_with_one_record(
+    platform: Embedded, toy: dict[str, Any], tmp_path: Path
+) -> None:
+    """Both pods of the Indexed Job that the Kubernetes launcher renders, run as Kubernetes
+    runs them (``$(VR1_MACHINE_RANK)`` set from the pod's index), here as two "machines"
+    on this host: the first pod's DNS name, which the headless Service resolves in the
+    cluster, is this host's loopback."""
+    settings = TrainerSettings(
+        home=platform.settings.home,
+        database_url=platform.settings.resolved_database_url,
+        artifact_uri=platform.settings.resolved_artifact_uri,
+        torch_threads=1,
+    )
+    distributed = {"num_processes": 2, "num_machines": 2}
+    spec = SftSpec(
+        model=str(toy["student"]),
+        dataset_id=toy["cold"],
+        max_steps=4,
+        distributed=distributed,
+        **{**FAST_SFT, "per_device_batch_size": 2},
+    )
+    job_id = platform.submit(spec)
+    discard_messages(platform)
+    recorded = _Recorded()
+    assert watcher.launch(platform.db, recorded, settings, str(job_id)) is not None
+    (request,) = recorded.requests
+    launcher = KubernetesLauncher(
+        "vr1", ROOT / "k8s/base/job-template.yaml", api=object(), rendezvous_port=free_port()
+    )
+    job = launcher.render(request)
+    name = job["metadata"]["name"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert job["spec"]["completions"] == 2
+    pods = []
+    for index in range(2):
+        command = [
+            re.sub(r"\$\(VR1_MACHINE_RANK\)", str(index), part).replace(
+                f"{name}-0.{name}.vr1.svc", "127.0.0.1"
+            )
+            for part in container["command"]
+        ]
+        values = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        # request.env holds what the pod takes from the platform's Secret and ConfigMap.
+        env = {**os.environ, **request.env, **values}
+        log = (tmp_path / f"machine-{index}.log").open("wb")
+        pods.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+    codes = [pod.wait(timeout=600) for pod in pods]
+    logs = [(tmp_path / f"machine-{i}.log").read_text()[-3000:] for i in range(2)]
+    assert codes == [0, 0], logs
+    with platform.db.session() as session:
+        finished = session.get(Job, job_id)
+        assert finished is not None
+        assert finished.status == "succeeded", finished.error
+    assert [m.step for m in _metric(platform, job_id, "loss")] == [1, 2, 3, 4]  # written once
+    (stage,) = _stages(platform, job_id)
+    assert stage.status == "succeeded"
+    checkpoint = platform.store.local_path(finished.output["checkpoint_uri"])
+    assert (checkpoint / "config.json").is_file()
+
+
+def test_a_two_machine_run_without_kubernetes_fails_with_the_reason(
+    platform: Embedded, toy: dict[str, Any]
+) -> None:
+    spec = SftSpec(
+        model=str(toy["student"]),
+        dataset_id=toy["cold"],
+        max_steps=4,
+        distributed={"num_processes": 2, "num_machines": 2},
+        **FAST_SFT,
+    )
+    job = platform.run(spec)
+    assert job.status == "failed"
+    assert "needs the kubernetes launcher" in (job.error or "")
+    with platform.db.session() as session:
+        (run,) = session.scalars(select(Run).where(Run.job_id == job.id))
+    assert (run.status, run.handle) == ("ended", "")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from entrypoints.bootstrap import Embedded, embedded
 from shared.cold_data import ColdSample
@@ -83,6 +83,8 @@ class Outcome:
     stages: list[EvalResult] = field(default_factory=list)
     steps: list[list[dict[str, float]]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    grpo_job: uuid.UUID | None = None
+    platform: Embedded | None = None
 
 
 def _kind(row: dict[str, str]) -> str:
@@ -111,6 +113,7 @@ def run_recipe(
     seed: int = SEED,
     data_seed: int = DATA_SEED,
     size: str = "tiny",
+    sft: SftOptions = SFT,
     grpo: GrpoOptions = GRPO,
 ) -> Outcome:
     """Toy data, tiny VLM, then platform jobs: sft, grpo (PTST), eval after SFT and stages."""
@@ -127,12 +130,13 @@ def run_recipe(
 
     sft = _succeeded(
         platform,
-        SftSpec(model=str(base), dataset_id=cold, **SFT.model_copy(update=seeded).model_dump()),
+        SftSpec(model=str(base), dataset_id=cold, **sft.model_copy(update=seeded).model_dump()),
     )
     model = sft.output["checkpoint_uri"]
     outcome = Outcome(
         sft=_evaluate(platform, model, held_out, EVAL.model_copy(update=seeded)),
         sft_sampled=_evaluate(platform, model, held_out, ROLLOUT_LIKE.model_copy(update=seeded)),
+        platform=platform,
     )
     outcome.seconds["sft"] = time.perf_counter() - start
     began = time.perf_counter()
@@ -141,6 +145,7 @@ def run_recipe(
         GrpoSpec(model=model, dataset_id=rl, **grpo.model_copy(update=seeded).model_dump()),
     )
     outcome.seconds["grpo"] = time.perf_counter() - began
+    outcome.grpo_job = grpo.id
     for stage in _stages(platform, grpo.id):
         assert stage.checkpoint_uri is not None
         outcome.steps.append(_steps(platform, grpo.id, stage.idx))
@@ -220,3 +225,33 @@ def test_cold_start_then_ptst_raises_held_out_accuracy(
         assert len(steps) == stage.steps
         assert max(s["completion_len_max"] for s in steps) <= stage.max_completion_tokens
     assert outcome.stages[-1].accuracy >= outcome.sft.accuracy + 0.30
+
+
+@pytest.mark.timeout(600)
+def test_two_training_processes_learn_and_keep_one_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SFT and GRPO each as two processes under ``accelerate launch`` (gloo on a CPU): the
+    bar holds, and the record is one run's: one metric row per step and name, with the
+    rollout figures over every completion of the step, not one process's share."""
+    monkeypatch.setenv("VR1_TORCH_THREADS", "1")
+    two = {"distributed": {"num_processes": 2}}
+    sft = SftOptions(**{**SFT.model_dump(), **two, "per_device_batch_size": 4})
+    grpo = GrpoOptions(**{**GRPO.model_dump(), **two})
+    outcome = run_recipe(tmp_path, sft=sft, grpo=grpo)
+    print(_report(outcome))
+    assert outcome.stages[-1].accuracy >= outcome.sft.accuracy + 0.30
+    for stage, steps in zip(STAGES, outcome.steps, strict=True):
+        assert len(steps) == stage.steps
+        per_step = (stage.prompts_per_step or 0) * stage.group_size
+        assert {s["completions"] for s in steps} == {per_step}  # both processes' rollouts
+        assert max(s["completion_len_max"] for s in steps) <= stage.max_completion_tokens
+    assert outcome.platform is not None
+    with outcome.platform.db.session() as session:
+        counts = session.execute(
+            select(func.count())
+            .select_from(Metric)
+            .where(Metric.job_id == outcome.grpo_job)
+            .group_by(Metric.stage_idx, Metric.step, Metric.name)
+        ).scalars()
+        assert set(counts) == {1}  # written once, by the main process

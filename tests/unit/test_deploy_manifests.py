@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from services.trainer.k8s_launcher import KubernetesLauncher
-from services.trainer.launcher import LaunchRequest
+from services.trainer.launcher import LaunchRequest, run_command
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.32.0"
@@ -68,11 +68,23 @@ def workloads(overlay: str) -> dict[str, dict[str, Any]]:
     """Deployments and Jobs by name, plus one training Job rendered by the launcher."""
     found = {**objects(overlay, "Deployment"), **objects(overlay, "Job")}
     found["training-run"] = training_job(overlay)
+    found["training-run-on-2-machines"] = training_job(overlay, machines=2)
     return found
 
 
-def training_job(overlay: str, gpus: int = 2) -> dict[str, Any]:
+def training_job(overlay: str, gpus: int = 2, machines: int = 1) -> dict[str, Any]:
     """A training Job as the launcher renders it from the overlay's template ConfigMap."""
+    launcher, request = _launch_of(overlay, gpus, machines)
+    return launcher.render(request)
+
+
+def training_service(overlay: str) -> dict[str, Any]:
+    """The headless Service of a two-machine training run."""
+    launcher, request = _launch_of(overlay, 8, 2)
+    return launcher.render_service(request, "5f1e0b9c-8a2d-4c3b-9e7f-1a2b3c4d5e6f")
+
+
+def _launch_of(overlay: str, gpus: int, machines: int) -> tuple[KubernetesLauncher, LaunchRequest]:
     template = next(
         iter(
             o
@@ -83,13 +95,15 @@ def training_job(overlay: str, gpus: int = 2) -> dict[str, Any]:
     launcher = KubernetesLauncher(
         "vr1", yaml.safe_load(template["data"]["job-template.yaml"]), api=object()
     )
+    job_id = "0f3c2a9e-5b1d-4c8e-9a7f-2d6b8e1c4a10"
     request = LaunchRequest(
-        job_id="0f3c2a9e-5b1d-4c8e-9a7f-2d6b8e1c4a10",
+        job_id=job_id,
         attempt=1,
-        command=["vr1", "train-run", "0f3c2a9e"],
+        command=run_command(job_id, num_processes=machines * max(gpus, 1), num_machines=machines),
         gpus=gpus,
+        machines=machines,
     )
-    return launcher.render(request)
+    return launcher, request
 
 
 def _tag(image: str) -> str:
@@ -116,7 +130,8 @@ def test_every_rendered_object_matches_the_kubernetes_schema(overlay: str) -> No
     except ImportError:
         skip_because("kubernetes-validate is not installed (pip install kubernetes-validate)")
     failures = []
-    for obj in [*render(overlay), training_job(overlay, gpus=1)]:
+    multi_machine = [training_job(overlay, gpus=8, machines=2), training_service(overlay)]
+    for obj in [*render(overlay), training_job(overlay, gpus=1), *multi_machine]:
         try:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -222,7 +237,8 @@ def test_trainer_may_manage_jobs_and_nothing_else(overlay: str) -> None:
             "apiGroups": ["batch"],
             "resources": ["jobs"],
             "verbs": ["create", "get", "list", "watch", "delete"],
-        }
+        },
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "get", "delete"]},
     ]
     assert objects(overlay, "RoleBinding")["vr1-trainer"]["subjects"][0]["name"] == "vr1-trainer"
     accounts = objects(overlay, "ServiceAccount")

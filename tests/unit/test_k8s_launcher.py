@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from services.trainer.k8s_launcher import KubernetesLauncher, LauncherError, job_name, state_of
-from services.trainer.launcher import LaunchRequest, RunState
+from services.trainer.launcher import (
+    LaunchRefused,
+    LaunchRequest,
+    LocalLauncher,
+    RunState,
+    run_command,
+)
 
 kubernetes = pytest.importorskip("kubernetes", reason="the 'kubernetes' client is not installed")
 from kubernetes.client.rest import RESTResponse  # noqa: E402
@@ -348,3 +355,123 @@ def test_from_settings_reads_the_trainer_settings(monkeypatch: pytest.MonkeyPatc
     launcher = KubernetesLauncher.from_settings(TrainerSettings())
     assert (launcher.namespace, launcher.image) == ("team-a", "vr1/worker:0.1.0")
     assert launcher.render(_request())["metadata"]["namespace"] == "team-a"
+
+
+# --- several machines -------------------------------------------------------------------
+
+TWO_MACHINES = run_command(JOB_ID, num_processes=8, num_machines=2)
+NAME = f"vr1-train-{JOB_ID}-2"
+
+
+def _two_machine_request() -> LaunchRequest:
+    return LaunchRequest(job_id=JOB_ID, attempt=2, command=TWO_MACHINES, gpus=4, machines=2)
+
+
+def _core(api: Any) -> Any:
+    return kubernetes.client.CoreV1Api(api.api_client)
+
+
+def test_two_machines_become_an_indexed_job_and_its_headless_service(
+    api: Any, rest: RecordingREST
+) -> None:
+    launcher = _launcher(api, core_api=_core(api))
+    job = launcher.render(_two_machine_request())
+    created = {**job, "metadata": {**job["metadata"], "uid": "3b0c6f1e-uid"}}
+    rest.answers += [(201, created), (201, {"kind": "Service", "apiVersion": "v1"})]
+    assert launcher.launch(_two_machine_request()) == f"vr1/{NAME}"
+    (post_job, job_url, job_body), (post_svc, svc_url, svc_body) = rest.calls
+    assert (post_job, job_url) == ("POST", f"{HOST}/apis/batch/v1/namespaces/vr1/jobs")
+    assert (post_svc, svc_url) == ("POST", f"{HOST}/api/v1/namespaces/vr1/services")
+    spec = job_body["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
+    assert spec["backoffLimit"] == 0  # one pod lost fails the attempt: the group is relaunched
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == NAME == svc_body["metadata"]["name"]
+    container = pod["containers"][0]
+    assert container["env"][0] == {
+        "name": "VR1_MACHINE_RANK",
+        "valueFrom": {
+            "fieldRef": {
+                "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+            }
+        },
+    }
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"  # per machine
+    # The Service selects exactly this attempt's pods, answers before they are ready, and
+    # is deleted with its Job.
+    assert svc_body["spec"]["clusterIP"] == "None"
+    assert svc_body["spec"]["publishNotReadyAddresses"] is True
+    assert svc_body["spec"]["selector"].items() <= pod_labels(job_body).items()
+    assert svc_body["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "name": NAME,
+            "uid": "3b0c6f1e-uid",
+            "blockOwnerDeletion": True,
+        }
+    ]
+    for body, model in ((job_body, "V1Job"), (svc_body, "V1Service")):
+        parsed = api.api_client.deserialize(json.dumps(body), model, "application/json")
+        assert api.api_client.sanitize_for_serialization(parsed) == body
+
+
+def pod_labels(job: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = job["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_a_redelivered_multi_machine_launch_reuses_the_job(api: Any, rest: RecordingREST) -> None:
+    launcher = _launcher(api, core_api=_core(api))
+    existing = launcher.render(_two_machine_request())
+    existing["metadata"]["uid"] = "first-uid"
+    rest.answers += [
+        (409, {"kind": "Status", "reason": "AlreadyExists", "code": 409}),
+        (200, existing),
+        (409, {"kind": "Status", "reason": "AlreadyExists", "code": 409}),
+    ]
+    assert launcher.launch(_two_machine_request()) == f"vr1/{NAME}"
+    assert [call[:2] for call in rest.calls] == [
+        ("POST", f"{HOST}/apis/batch/v1/namespaces/vr1/jobs"),
+        ("GET", f"{HOST}/apis/batch/v1/namespaces/vr1/jobs/{NAME}"),
+        ("POST", f"{HOST}/api/v1/namespaces/vr1/services"),
+    ]
+    assert rest.calls[2][2]["metadata"]["ownerReferences"][0]["uid"] == "first-uid"
+
+
+def _as_kubernetes_runs(command: list[str], env: dict[str, str]) -> list[str]:
+    """``$(NAME)`` in a container command, expanded from the container's variables."""
+    return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], part) for part in command]
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_each_pod_runs_accelerate_launch_as_one_machine_of_the_run(index: int) -> None:
+    from accelerate.commands.launch import launch_command_parser
+
+    job = _launcher(object()).render(_two_machine_request())
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    command = _as_kubernetes_runs(container["command"], {"VR1_MACHINE_RANK": str(index)})
+    assert command[1:3] == ["-m", "accelerate.commands.launch"]
+    args = launch_command_parser().parse_args(command[3:])
+    assert (args.num_machines, args.num_processes, args.machine_rank) == (2, 8, index)
+    assert args.main_process_ip == f"{NAME}-0.{NAME}.vr1.svc"  # pod 0's hostname in the Service
+    assert args.main_process_port == 29500
+    assert (args.module, args.training_script, args.training_script_args) == (
+        True,
+        "services.trainer.run",
+        [JOB_ID],
+    )
+
+
+def test_an_indexed_job_succeeds_when_every_machine_has() -> None:
+    client = kubernetes.client
+    spec = client.V1JobSpec(completions=2, template=client.V1PodTemplateSpec())
+    half = client.V1Job(spec=spec, status=client.V1JobStatus(active=1, ready=1, succeeded=1))
+    done = client.V1Job(spec=spec, status=client.V1JobStatus(succeeded=2))
+    assert state_of(half) == RunState("running")
+    assert state_of(done) == RunState("succeeded", exit_code=0)
+
+
+def test_the_local_launcher_refuses_several_machines() -> None:
+    with pytest.raises(LaunchRefused, match="needs the kubernetes launcher"):
+        LocalLauncher().launch(_two_machine_request())

@@ -104,6 +104,15 @@ def test_specs_round_trip_through_json() -> None:
         ({"kind": "eval", "model": "/m", "dataset_ids": []}, "dataset_ids"),
         (
             {
+                "kind": "sft",
+                "model": "/m",
+                "dataset_id": DS,
+                "distributed": {"num_processes": 3, "num_machines": 2},
+            },
+            "must be a multiple of num_machines",
+        ),
+        (
+            {
                 "kind": "coldstart",
                 "dataset_id": DS,
                 "captioner": {"engine": "openai", "model": "m"},

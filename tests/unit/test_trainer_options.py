@@ -15,9 +15,16 @@ from shared.fixtures.tiny import build_tiny_vlm
 from tests.helpers import write_image
 
 
-def test_a_deepspeed_config_reaches_the_training_arguments() -> None:
-    assert run_arguments(0, 10, "/configs/zero3.json")["deepspeed"] == "/configs/zero3.json"
+def test_a_deepspeed_config_reaches_the_training_arguments(tmp_path: Path) -> None:
+    path = tmp_path / "zero3.json"
+    path.write_text('{"zero_optimization": {"stage": 3}, "train_batch_size": "auto"}')
+    config = run_arguments(0, 10, str(path))["deepspeed"]
+    assert config["train_batch_size"] == "auto"
+    # Each stage must end in a plain checkpoint: ZeRO-3 gathers the weights when saving.
+    assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     assert "deepspeed" not in run_arguments(0, 10)
+    with pytest.raises(InvalidInput, match="DeepSpeed config"):
+        run_arguments(0, 10, str(tmp_path / "missing.json"))
 
 
 def test_prompts_over_max_prompt_length_are_left_out(tmp_path: Path) -> None:
