@@ -38,6 +38,7 @@ class WorkerRole(StrEnum):
     captioner = "captioner"
     reasoner = "reasoner"
     trainer = "trainer"
+    reconciler = "reconciler"
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -60,9 +61,15 @@ def serve(role: HttpRole) -> None:
 
 @app.command()
 def worker(role: WorkerRole) -> None:
-    """Start a queue worker: captioner (queue caption), reasoner (reason), trainer (train)."""
+    """Start a queue worker: captioner (queue caption), reasoner (reason), trainer (train),
+    or the reconciler (relays the outbox, resends lost work)."""
     import importlib
 
+    if role is WorkerRole.reconciler:
+        from entrypoints.reconciler import main
+
+        main()
+        return
     try:
         module = importlib.import_module(f"services.{role.value}.worker")
     except ModuleNotFoundError as exc:

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Update, func, select, update
@@ -22,10 +25,15 @@ from sqlalchemy.orm import Session
 from shared.contracts.specs import ColdstartSpec, EngineSpec, parse_spec
 from shared.contracts.status import RECORD_TERMINAL, JobStatus, RecordStatus
 from shared.db.models import GenerationCache, GenerationRecord, Item, Job, utcnow
+from shared.db.session import Database
 from shared.errors import InvalidInput, WrongJobKind
 from shared.jobs import add_counters, get_job
 
 # A record's step (RecordStep) says how far its item got; its status whether it is settled.
+log = logging.getLogger(__name__)
+# A step at work touches its records this often; the reconciler takes records untouched for
+# several times as long (and in no queue, on no live worker) for lost.
+KEEPALIVE_S = 15.0
 
 
 def _insert(session: Session, model: type[Any]) -> Any:
@@ -192,3 +200,36 @@ def claim_completion(session: Session, job_id: uuid.UUID) -> bool:
         .values(status=JobStatus.SUCCEEDED, finished_at=utcnow()),
     )
     return bool(claimed)
+
+
+@contextmanager
+def keeping_alive(
+    db: Database, job_id: str, item_ids: Sequence[str], interval_s: float = KEEPALIVE_S
+) -> Iterator[None]:
+    """Touch the chunk's unsettled records every ``interval_s`` while the block runs (a
+    chunk at work: loading its engine, calling it), so that a slow but live chunk is
+    never taken for a lost one."""
+    job = uuid.UUID(job_id)
+    items = [uuid.UUID(i) for i in item_ids]
+    stop = threading.Event()
+
+    def touch() -> None:
+        while not stop.wait(interval_s):
+            try:
+                with db.session() as session:
+                    session.execute(
+                        update(GenerationRecord)
+                        .where(GenerationRecord.job_id == job, GenerationRecord.item_id.in_(items))
+                        .where(GenerationRecord.status.not_in(RECORD_TERMINAL))
+                        .values(updated_at=utcnow())
+                    )
+            except Exception as exc:  # the database is away for a moment; try next time
+                log.warning("could not touch the records of job %s: %s", job_id, exc)
+
+    thread = threading.Thread(target=touch, name="chunk-keepalive", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

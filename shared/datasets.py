@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.contracts.api import DatasetCreate, RowError
+from shared.contracts.api import DatasetCreate, RowError, nul_free
 from shared.db.models import Dataset, Item, Team
 from shared.errors import (
     Conflict,
@@ -159,7 +159,15 @@ def _text(record: dict[str, Any], column: str, label: str) -> str:
         value = str(value)
     if not isinstance(value, str) or not value.strip():
         raise RowInvalid(column, f"{label} column {column!r} is empty or not text")
+    _nul_free(column, value)
     return value.strip()
+
+
+def _nul_free(column: str, value: Any) -> None:
+    try:
+        nul_free(value)
+    except ValueError as exc:
+        raise RowInvalid(column, f"column {column!r}: {exc}") from exc
 
 
 def _extra(record: dict[str, Any], used: set[str]) -> dict[str, Any]:
@@ -171,6 +179,7 @@ def _extra(record: dict[str, Any], used: set[str]) -> dict[str, Any]:
             json.dumps(value)
         except (TypeError, ValueError):
             continue  # binary or exotic columns stay in the source file
+        _nul_free(str(key), [key, value])
         extra[key] = value
     return extra
 

@@ -21,8 +21,10 @@ class VR1Error(Exception):
         self.ids = ids
 
     def to_dict(self) -> dict[str, Any]:
-        """The error as the JSON body the API returns."""
-        return {"error": self.code, "message": self.message, **self.ids}
+        """The error as the JSON body the API returns (IDs as text: UUIDs, paths)."""
+        plain = (str, int, float, bool, list, dict, type(None))
+        ids = {k: v if isinstance(v, plain) else str(v) for k, v in self.ids.items()}
+        return {"error": self.code, "message": self.message, **ids}
 
 
 class NotFound(VR1Error):

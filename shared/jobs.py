@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.contracts import queues
@@ -68,11 +69,13 @@ def create_job(
     spec: JobSpec,
     name: str | None = None,
     parent: Job | None = None,
+    key: str | None = None,
 ) -> Job:
     """Write a queued job and register the messages that start it."""
     check_datasets(session, team=team, spec=spec)
     job = Job(
         team_id=team.id,
+        idempotency_key=key,
         parent_id=parent.id if parent else None,
         name=name or spec.kind,
         kind=spec.kind,
@@ -83,6 +86,47 @@ def create_job(
     session.add(job)
     session.flush()
     start_job(session, job, spec)
+    return job
+
+
+def submit_job(
+    session: Session,
+    *,
+    team: Team,
+    spec: JobSpec,
+    name: str | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Create a job for a client; with an idempotency key, a retry of the same submission
+    returns the job the first one created (``False``: nothing new) and a different
+    submission under a used key is a conflict."""
+    if idempotency_key is None:
+        return create_job(session, team=team, spec=spec, name=name), True
+    existing = _by_key(session, team, idempotency_key)
+    if existing is not None:
+        return _same_submission(existing, spec), False
+    try:
+        with session.begin_nested():  # a concurrent request with the same key may win
+            job = create_job(session, team=team, spec=spec, name=name, key=idempotency_key)
+    except IntegrityError:
+        existing = _by_key(session, team, idempotency_key)
+        if existing is None:
+            raise
+        return _same_submission(existing, spec), False
+    return job, True
+
+
+def _by_key(session: Session, team: Team, key: str) -> Job | None:
+    query = select(Job).where(Job.team_id == team.id, Job.idempotency_key == key)
+    return session.scalars(query).first()
+
+
+def _same_submission(job: Job, spec: JobSpec) -> Job:
+    if job.spec != spec.model_dump(mode="json"):
+        raise Conflict(
+            "this Idempotency-Key was used for a different job spec; use a new key",
+            job_id=str(job.id),
+        )
     return job
 
 
@@ -97,15 +141,25 @@ def start_job(session: Session, job: Job, spec: JobSpec | None = None) -> None:
         enqueue_after_commit(session, queues.TRAIN_LAUNCH, [str(job.id)])
 
 
-def _plan_coldstart(session: Session, job: Job, spec: ColdstartSpec) -> None:
+def coldstart_item_ids(session: Session, spec: ColdstartSpec) -> list[str]:
+    """The items a coldstart job works on, in dataset order."""
     query = (
         select(Item.id)
         .where(Item.dataset_id == uuid.UUID(spec.dataset_id))
         .order_by(Item.idx)
         .limit(spec.limit)
     )
-    item_ids = [str(i) for i in session.scalars(query)]
-    chunks = [item_ids[i : i + spec.chunk_size] for i in range(0, len(item_ids), spec.chunk_size)]
+    return [str(i) for i in session.scalars(query)]
+
+
+def chunked(item_ids: list[str], size: int) -> list[list[str]]:
+    """Items in chunks of ``size`` (the last one shorter)."""
+    return [item_ids[i : i + size] for i in range(0, len(item_ids), size)]
+
+
+def _plan_coldstart(session: Session, job: Job, spec: ColdstartSpec) -> None:
+    item_ids = coldstart_item_ids(session, spec)
+    chunks = chunked(item_ids, spec.chunk_size)
     job.items_total = len(item_ids)
     job.chunks_total = len(chunks)
     for chunk in chunks:

@@ -39,6 +39,17 @@ def make_celery(broker_url: str, *, name: str = "vr1", visibility_timeout_s: int
             "unacked_restore_throttle": 1,
         },
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Workers reconnect to a restarted broker on their own, however long it takes.
+        broker_connection_max_retries=None,
+        # A send to a broker that is away fails within seconds: the message stays in the
+        # outbox and the relay sends it later (a request never waits on the broker).
+        broker_connection_timeout=2,
+        task_publish_retry_policy={
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 0.5,
+        },
         enable_utc=True,
     )
     return app

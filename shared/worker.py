@@ -10,6 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
+import kombu.exceptions
+import redis.exceptions
+import sqlalchemy.exc
 from celery import Celery
 from pydantic import Field
 
@@ -28,6 +31,9 @@ class WorkerSettings(BaseVR1Settings):
 
     concurrency: int = Field(default=1, ge=1, description="Tasks run at once in this process.")
     visibility_timeout_s: int = Field(default=1800, ge=5)
+    keepalive_s: float = Field(
+        default=15.0, gt=0, description="How often a chunk at work touches its records."
+    )
     worker_name: str = ""
 
 
@@ -43,10 +49,33 @@ def build(settings: WorkerSettings, name: str) -> tuple[Celery, Database, Artifa
     return app, db, open_store(settings.resolved_artifact_uri)
 
 
+# Errors of the infrastructure, not of the work: the database or the broker is away for a
+# moment.  A task failing with one is sent again with growing delays (1 s, 2 s, 4 s, … up
+# to a minute, about ten minutes in all) instead of being acknowledged and dropped; an
+# item's own errors never get here (the item is failed with its reason, the chunk goes on).
+TRANSIENT: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.DisconnectionError,
+    kombu.exceptions.OperationalError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+)
+RETRY = {
+    "autoretry_for": TRANSIENT,
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "retry_jitter": False,
+    "max_retries": 14,
+}
+
+
 def register(app: Celery, tasks: Tasks) -> None:
-    """Bind a service's task table to a Celery app, each handler under its task name."""
+    """Bind a service's task table to a Celery app, each handler under its task name,
+    retried on transient infrastructure errors."""
     for name, handler in tasks.items():
-        app.task(name=name)(handler)
+        app.task(name=name, **RETRY)(handler)
 
 
 def run(app: Celery, queue: str, settings: WorkerSettings) -> None:

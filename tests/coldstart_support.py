@@ -149,12 +149,14 @@ class WorkerPool:
     logs: Path
     visibility_timeout_s: int = 8
     children: list[Child] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self, role: str) -> Child:
         n = sum(1 for c in self.children if c.name.startswith(role))
         env = {
             **os.environ,
             **CHILD_ENV,
+            **self.env,
             "VR1_DATABASE_URL": self.database_url,
             "VR1_REDIS_URL": self.redis_url,
             "VR1_ARTIFACT_URI": self.artifact_uri,
@@ -235,3 +237,33 @@ def check_export(export: Path, gold: dict[str, str]) -> list[dict[str, Any]]:
     rewards = [result.reward for result in score("hfrrf", items, scorer=Scorer(InlineVerifier()))]
     assert rewards == [1.0] * len(rows), rewards
     return rows
+
+
+# --- jobs -------------------------------------------------------------------------------
+
+
+def register_toy(
+    client: TestClient, key: str, toy: Path, data: Path, n: int
+) -> tuple[str, dict[str, str]]:
+    """Register the first ``n`` toy items (copied under ``data``, an import root) through the
+    API; the dataset ID and the gold answer of each item."""
+    toy_subset(toy, data / "toy", n)
+    body = {"name": "toy", "path": "toy/train.jsonl"}
+    created = client.post("/v1/datasets", headers=auth(key), json=body)
+    assert created.status_code == 201, created.text
+    dataset_id: str = created.json()["id"]
+    items = client.get(f"/v1/datasets/{dataset_id}/items?limit={n}", headers=auth(key)).json()
+    assert items["total"] == n
+    return dataset_id, {item["id"]: item["answer"] for item in items["items"]}
+
+
+def coldstart_spec(teachers: dict[str, Path], dataset_id: str, chunk_size: int) -> dict[str, Any]:
+    """A coldstart spec on the stand-in teachers."""
+    return {
+        "kind": "coldstart",
+        "dataset_id": dataset_id,
+        "captioner": engine(teachers["describer"], batch_size=chunk_size),
+        "reasoner": engine(teachers["reasoner"], batch_size=chunk_size),
+        "chunk_size": chunk_size,
+        "output_name": "toy-cold",
+    }

@@ -48,6 +48,16 @@ def pg_url() -> Iterator[str]:
     yield from _fresh_database()
 
 
+@pytest.fixture(scope="module")
+def pg_module() -> Iterator[str]:
+    """A PostgreSQL database built by the migrations, shared by a module's tests."""
+    from shared.db.migrate import upgrade
+
+    for url in _fresh_database():
+        upgrade(url)
+        yield url
+
+
 @pytest.fixture
 def pg_migrated(pg_url: str) -> str:
     """A fresh PostgreSQL database built by the migrations."""

@@ -187,3 +187,63 @@ def _wait_healthy(base: str, server: subprocess.Popen[bytes], timeout_s: float) 
             pass
         time.sleep(0.5)
     raise AssertionError(f"transformers serve did not become healthy within {timeout_s:.0f} s")
+
+
+@contextmanager
+def serve_app(app: Any, *, startup_s: float = 30.0) -> Iterator[str]:
+    """Base URL of ``app`` (an ASGI app) served by uvicorn in a thread; stopped afterwards."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_s
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def training_toy(platform: Embedded, folder: Path) -> dict[str, Any]:
+    """A student model, a cold set of 8 clean samples and an RL set of 16 prompts from the
+    toy world, registered on ``platform``: ``{"student": path, "cold": id, "rl": id}``."""
+    import json
+
+    from shared.cold_data import ColdSample
+    from shared.contracts.api import DatasetCreate
+    from shared.datasets import register_dataset
+    from shared.fixtures.tiny import build_tiny_vlm
+    from shared.fixtures.toy import generate_toy_dataset, read_rows
+
+    info = generate_toy_dataset(
+        folder / "toy", seed=0, n_train=16, n_test=0, tasks=["shape_colour"]
+    )
+    root = info.root
+    rows = read_rows(info.train_path)
+    cold = [
+        ColdSample(
+            r["question"],
+            f"<think>The shape is {r['answer']}.</think><answer>{r['answer']}</answer>",
+            [root / r["image"]],
+        )
+        for r in rows[:8]
+    ]
+    cold_id = register_cold(platform, "cold-clean", cold)
+    (root / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:16]))
+    team = platform.team()
+    with platform.db.session() as session:
+        request = DatasetCreate(name="rl", kind="rl", path=str(root / "rl.jsonl"))
+        rl, _ = register_dataset(
+            session, team=team, request=request, roots=[root], store=platform.store
+        )
+        rl_id = str(rl.id)
+    return {"student": build_tiny_vlm(folder / "student", seed=0), "cold": cold_id, "rl": rl_id}

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from shared.coldstart import ensure_records, load_job, settle
+from shared.coldstart import KEEPALIVE_S, ensure_records, keeping_alive, load_job, settle
 from shared.contracts import queues
 from shared.contracts.specs import ColdstartSpec
 from shared.contracts.status import RECORD_TERMINAL, RecordStatus, RecordStep
@@ -86,7 +86,12 @@ def plans(spec: ColdstartSpec) -> list[StepPlan]:
 
 
 def caption_chunk(
-    db: Database, job_id: str, item_ids: list[str], *, engine: Engine | None = None
+    db: Database,
+    job_id: str,
+    item_ids: list[str],
+    *,
+    engine: Engine | None = None,
+    keepalive_s: float = KEEPALIVE_S,
 ) -> None:
     """Pseudo-CoT and description for a chunk of items, then hand it to the reasoner."""
     with db.session() as session:
@@ -95,17 +100,18 @@ def caption_chunk(
             return
         mark_running(session, job.id)
         fail_unusable_items(session, job.id, item_ids)
-    engine = engine or engine_for(spec.captioner)  # built once per process, then shared
-    for plan in plans(spec):
-        kept_going = run_step(
-            db,
-            job_id=job_id,
-            item_ids=item_ids,
-            plan=plan,
-            engine=engine,
-            max_attempts=spec.max_attempts,
-        )
-        if not kept_going:
-            return
+    with keeping_alive(db, job_id, item_ids, keepalive_s):
+        engine = engine or engine_for(spec.captioner)  # built once per process, then shared
+        for plan in plans(spec):
+            kept_going = run_step(
+                db,
+                job_id=job_id,
+                item_ids=item_ids,
+                plan=plan,
+                engine=engine,
+                max_attempts=spec.max_attempts,
+            )
+            if not kept_going:
+                return
     with db.session() as session:
         enqueue_after_commit(session, queues.REASON_BATCH, [job_id, item_ids])

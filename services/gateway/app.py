@@ -7,14 +7,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from services.gateway import routes_artifacts, routes_datasets, routes_jobs
-from services.gateway.deps import Context
+from services.gateway.deps import Context, check_query
 from services.gateway.settings import GatewaySettings
 from shared.contracts.api import ErrorOut, Health
 from shared.db.session import Database, Dispatcher
@@ -33,19 +35,13 @@ def package_version() -> str:
         return "0.0.0"
 
 
-class NoBrokerDispatcher:
-    """Without a broker, jobs stay queued; ``vr1 run`` executes specs in-process."""
-
-    def send(self, task_name: str, args: list[object]) -> None:
-        log.warning("no broker configured (VR1_REDIS_URL); %s stays queued", task_name)
-
-
-def default_dispatcher(settings: GatewaySettings) -> Dispatcher:
-    """Celery when a broker is configured, else one that says work stays queued."""
+def default_dispatcher(settings: GatewaySettings) -> Dispatcher | None:
+    """Celery when a broker is configured; without one, submitted work waits in the
+    database's outbox until a relay with a broker delivers it."""
     if settings.redis_url:
         app = make_celery(settings.redis_url, visibility_timeout_s=settings.visibility_timeout_s)
         return CeleryDispatcher(app)
-    return NoBrokerDispatcher()
+    return None
 
 
 def _error_response(exc: VR1Error) -> JSONResponse:
@@ -60,6 +56,33 @@ def _validation_response(_request: Request, exc: Exception) -> JSONResponse:
     body = {"error": "invalid_input", "message": f"invalid request: {where}"}
     detail = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
     return JSONResponse(status_code=422, content={**body, "detail": detail})
+
+
+def _unavailable_response(_request: Request, exc: Exception) -> JSONResponse:
+    """The database is away for a moment (a restart, a failover): say so, never a 500."""
+    log.warning("database unavailable: %s", exc)
+    body = {"error": "unavailable", "message": "the database is unavailable; retry shortly"}
+    return JSONResponse(status_code=503, content=body, headers={"Retry-After": "5"})
+
+
+def _http_error_response(request: Request, exc: Exception) -> JSONResponse:
+    """Routing errors in the platform's error shape; a 405 names every method the path
+    has in ``Allow`` (not only those of the first route that matched the path)."""
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    if exc.status_code == 405:
+        allowed = [
+            method
+            for method in ("DELETE", "GET", "PATCH", "POST", "PUT")
+            if any(
+                route.matches({**request.scope, "method": method})[0] is Match.FULL
+                for route in request.app.router.routes
+            )
+        ]
+        headers["Allow"] = ", ".join(allowed)
+    body = {"error": code, "message": str(exc.detail)}
+    return JSONResponse(status_code=exc.status_code, content=body, headers=headers)
 
 
 def create_app(
@@ -85,14 +108,20 @@ def create_app(
         version=package_version(),
         description="Cold-start data, SFT, GRPO with PTST, and evaluation as jobs.",
         lifespan=lifespan,
+        dependencies=[Depends(check_query)],
         responses={
+            400: {"model": ErrorOut, "description": "The body cannot be read as JSON"},
             401: {"model": ErrorOut, "description": "Missing or invalid API key"},
             422: {"model": ErrorOut, "description": "Invalid request"},
+            503: {"model": ErrorOut, "description": "The database is unavailable; retry"},
         },
     )
     app.state.context = Context(settings=settings, db=database, store=store)
     app.add_exception_handler(VR1Error, lambda _r, e: _error_response(e))  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_response)
+    app.add_exception_handler(OperationalError, _unavailable_response)
+    app.add_exception_handler(StarletteHTTPException, _http_error_response)
+    app.add_exception_handler(InterfaceError, _unavailable_response)
 
     @app.get(
         "/healthz",

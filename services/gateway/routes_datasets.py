@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, status
 
 from services.gateway.deps import ContextDep, SessionDep, TeamDep
-from services.gateway.paging import page_of
+from services.gateway.paging import CONFLICT, NOT_FOUND, Limit, Offset, page_of
 from shared import datasets
 from shared.contracts.api import DatasetCreate, DatasetCreated, DatasetOut, ItemOut, Page
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
-Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0)]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetCreated)
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=DatasetCreated, responses=CONFLICT
+)
 def create_dataset(
     body: DatasetCreate, session: SessionDep, team: TeamDep, context: ContextDep
 ) -> DatasetCreated:
@@ -47,7 +46,7 @@ def list_datasets(
     return page_of([DatasetOut.model_validate(r) for r in rows], total, limit, offset)
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut)
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=NOT_FOUND)
 def get_dataset(dataset_id: uuid.UUID, session: SessionDep, team: TeamDep) -> DatasetOut:
     """One dataset."""
     return DatasetOut.model_validate(
@@ -55,7 +54,7 @@ def get_dataset(dataset_id: uuid.UUID, session: SessionDep, team: TeamDep) -> Da
     )
 
 
-@router.get("/{dataset_id}/items", response_model=Page[ItemOut])
+@router.get("/{dataset_id}/items", response_model=Page[ItemOut], responses=NOT_FOUND)
 def list_items(
     dataset_id: uuid.UUID,
     session: SessionDep,

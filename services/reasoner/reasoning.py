@@ -17,10 +17,12 @@ from sqlalchemy.orm import Session
 from services.reasoner.export import assemble
 from services.reasoner.postprocess import Candidate, precheck, rewrite_wording
 from shared.coldstart import (
+    KEEPALIVE_S,
     Outcome,
     all_settled,
     claim_completion,
     ensure_records,
+    keeping_alive,
     load_job,
     settle_many,
 )
@@ -136,30 +138,32 @@ def reason_chunk(
     *,
     engine: Engine | None = None,
     scorer: Scorer | None = None,
+    keepalive_s: float = KEEPALIVE_S,
 ) -> None:
     """Reason, verify and settle a chunk; the last chunk to finish assembles the dataset."""
     with db.session() as session:
         job, spec = load_job(session, job_id)
         if not is_active(job):
             return
-    kept_going = run_step(
-        db,
-        job_id=job_id,
-        item_ids=item_ids,
-        plan=plan(spec),
-        engine=engine or engine_for(spec.reasoner),  # built once per process, then shared
-        max_attempts=spec.max_attempts,
-    )
-    if not kept_going:
-        return
-    with db.session() as session:
-        job, spec = load_job(session, job_id)
-        records = [
-            (r, i)
-            for r, i in ensure_records(session, job.id, item_ids)
-            if r.status not in RECORD_TERMINAL and r.step == RecordStep.REASONED
-        ]
-        judge(session, spec, records, scorer or default_scorer())
+    with keeping_alive(db, job_id, item_ids, keepalive_s):
+        kept_going = run_step(
+            db,
+            job_id=job_id,
+            item_ids=item_ids,
+            plan=plan(spec),
+            engine=engine or engine_for(spec.reasoner),  # built once per process, then shared
+            max_attempts=spec.max_attempts,
+        )
+        if not kept_going:
+            return
+        with db.session() as session:
+            job, spec = load_job(session, job_id)
+            records = [
+                (r, i)
+                for r, i in ensure_records(session, job.id, item_ids)
+                if r.status not in RECORD_TERMINAL and r.step == RecordStep.REASONED
+            ]
+            judge(session, spec, records, scorer or default_scorer())
     finish_if_complete(db, store, job_id)
 
 

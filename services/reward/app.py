@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from services.reward.metrics import ServiceMetrics
 from services.reward.settings import RewardSettings
+from shared.contracts.api import ErrorOut
 from shared.contracts.rewards import (
     DEFAULT_REWARD,
     RewardInfo,
@@ -35,6 +36,25 @@ from shared.errors import (
 from shared.rewards import REWARDS, ScoreItem, Scorer, ScoreResult, VerifierPool, get_reward
 
 router = APIRouter()
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's JSON schema with its definitions written in place: a request body given
+    by hand in OpenAPI cannot point into the model's own ``$defs``."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
 
 
 def get_settings(request: Request) -> RewardSettings:
@@ -92,8 +112,12 @@ def list_rewards() -> RewardList:
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": ScoreRequest.model_json_schema()}},
+            "content": {"application/json": {"schema": inline_schema(ScoreRequest)}},
         }
+    },
+    responses={
+        413: {"model": ErrorOut, "description": "Too many items, or a body or item too large"},
+        422: {"model": ErrorOut, "description": "Not a valid score request"},
     },
 )
 async def score_batch(

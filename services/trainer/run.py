@@ -27,7 +27,7 @@ from services.trainer.tracking import Heartbeat, Tracker, latest_checkpoint
 from shared.contracts.specs import EvalSpec, GrpoSpec, JobSpec, SftSpec, parse_spec
 from shared.contracts.status import JobStatus, StageStatus
 from shared.db.models import Dataset, EvalResult, Job, utcnow
-from shared.db.session import Database, Dispatcher
+from shared.db.session import Database, Dispatcher, outlasting
 from shared.engines import Engine, make_engine
 from shared.errors import VR1Error, WrongJobKind
 from shared.jobs import finish_job, get_job, is_active, mark_running
@@ -35,6 +35,7 @@ from shared.queue import CeleryDispatcher, make_celery
 from shared.storage import open_store, path_from_uri
 
 log = logging.getLogger(__name__)
+DB_PATIENCE_S = 600.0  # how long a run waits out a database outage
 
 
 def run_sft_job(tracker: Tracker, settings: TrainerSettings, spec: SftSpec) -> dict[str, object]:
@@ -126,9 +127,13 @@ def _finish(
     output: dict[str, object] | None = None,
     error: str | None = None,
 ) -> None:
-    with db.session() as session:
-        job = get_job(session, team=None, job_id=job_id)
-        finish_job(session, job, status, error=error, output=output)
+    def once() -> None:
+        with db.session() as session:
+            job = get_job(session, team=None, job_id=job_id)
+            finish_job(session, job, status, error=error, output=output)
+
+    # Hours of training are not lost to a database that is away when the run ends.
+    outlasting(once, within_s=DB_PATIENCE_S, what=f"job {job_id}: outcome")
 
 
 def _start(db: Database, job_id: uuid.UUID) -> Job | None:

@@ -7,13 +7,15 @@ tell a live run from a lost one.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -21,11 +23,13 @@ from sqlalchemy.orm import Session
 from services.trainer.ranks import Ranks
 from shared.contracts.status import StageStatus
 from shared.db.models import Artifact, Job, Metric, Stage, utcnow
-from shared.db.session import Database
+from shared.db.session import UNREACHABLE, Database, outlasting
 from shared.errors import NotFound
 from shared.jobs import is_cancelled
 from shared.storage import ArtifactStore
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 PROGRESS_EVERY = 10
 PROGRESS_KEYS = ("loss", "reward_mean", "accuracy", "format_rate", "completion_len_mean")
 
@@ -45,7 +49,10 @@ class Heartbeat:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.beat()
+            try:
+                self.beat()
+            except UNREACHABLE as exc:  # the next beat tries again; the run goes on
+                log.warning("heartbeat of job %s missed: %s", self.job_id, exc)
 
     def __enter__(self) -> Heartbeat:
         self.beat()
@@ -68,27 +75,41 @@ class Tracker:
     workdir: Path
     ranks: Ranks = field(default_factory=Ranks)
     cached_cancel: bool = field(default=False)
+    # A database outage shorter than this is waited out: the run pauses at its next write.
+    db_patience_s: float = 600.0
+
+    def _in_session(self, work: Callable[[Session], T], what: str) -> T:
+        """``work`` in one transaction, waiting out a database outage."""
+
+        def once() -> T:
+            with self.db.session() as session:
+                return work(session)
+
+        return outlasting(once, within_s=self.db_patience_s, what=f"job {self.job_id}: {what}")
 
     def should_stop(self) -> bool:
         """Whether the job was cancelled (asked once per training step, by every process;
         the main process's answer holds for all, so that they stop at the same step)."""
         if not self.cached_cancel and self.ranks.is_main:
-            with self.db.session() as session:
-                self.cached_cancel = is_cancelled(session, self.job_id)
+            self.cached_cancel = self._in_session(
+                lambda session: is_cancelled(session, self.job_id), "cancellation"
+            )
         self.cached_cancel = self.ranks.from_main(self.cached_cancel)
         return self.cached_cancel
 
     def ensure_stages(self, configs: list[tuple[str, dict[str, Any]]]) -> list[Stage]:
         """The job's stage rows, created on the first launch and reused afterwards."""
         if self.ranks.is_main:
-            with self.db.session() as session:
+
+            def create(session: Session) -> None:
                 existing = {s.idx for s in self._stage_rows(session)}
                 for idx, (name, config) in enumerate(configs):
                     if idx not in existing:
                         session.add(Stage(job_id=self.job_id, idx=idx, name=name, config=config))
+
+            self._in_session(create, "stage rows")
         self.ranks.barrier()  # the others read the rows the main process made
-        with self.db.session() as session:
-            return self._stage_rows(session)
+        return self._in_session(self._stage_rows, "stage rows")
 
     def _stage_rows(self, session: Session) -> list[Stage]:
         query = select(Stage).where(Stage.job_id == self.job_id).order_by(Stage.idx)
@@ -96,20 +117,18 @@ class Tracker:
 
     def stage(self, idx: int) -> Stage:
         """A fresh copy of one stage row."""
-        with self.db.session() as session:
-            row = session.scalar(select(Stage).where(Stage.job_id == self.job_id, Stage.idx == idx))
-            if row is None:
-                raise NotFound(f"job {self.job_id} has no stage {idx}", job_id=str(self.job_id))
-            return row
+        query = select(Stage).where(Stage.job_id == self.job_id, Stage.idx == idx)
+        row = self._in_session(lambda session: session.scalar(query), "stage")
+        if row is None:
+            raise NotFound(f"job {self.job_id} has no stage {idx}", job_id=str(self.job_id))
+        return row
 
     def update_stage(self, idx: int, **values: Any) -> None:
         """Change a stage row (the main process does)."""
         if not self.ranks.is_main:
             return
-        with self.db.session() as session:
-            session.execute(
-                update(Stage).where(Stage.job_id == self.job_id, Stage.idx == idx).values(**values)
-            )
+        change = update(Stage).where(Stage.job_id == self.job_id, Stage.idx == idx).values(**values)
+        self._in_session(lambda session: session.execute(change), "stage update")
 
     def start_stage(self, idx: int, resume_from: Path | None) -> None:
         """Mark a stage running; on a resume, drop metrics past the checkpoint (redone)."""
@@ -119,12 +138,10 @@ class Tracker:
         if resume_from is not None:
             values["resume_checkpoint"] = str(resume_from)
             step = int(resume_from.name.rsplit("-", 1)[-1])
-            with self.db.session() as session:
-                session.execute(
-                    delete(Metric).where(
-                        Metric.job_id == self.job_id, Metric.stage_idx == idx, Metric.step > step
-                    )
-                )
+            redone = delete(Metric).where(
+                Metric.job_id == self.job_id, Metric.stage_idx == idx, Metric.step > step
+            )
+            self._in_session(lambda session: session.execute(redone), "metrics")
         if self.stage(idx).started_at is None:
             values["started_at"] = utcnow()
         self.update_stage(idx, **values)
@@ -133,14 +150,17 @@ class Tracker:
         """One step's metrics (written once, by the main process); non-finite ones left out."""
         if not self.ranks.is_main:
             return
-        rows = [
-            Metric(job_id=self.job_id, stage_idx=stage_idx, step=step, name=k, value=float(v))
+        rows = [  # plain values: a retried transaction adds fresh rows
+            {"job_id": self.job_id, "stage_idx": stage_idx, "step": step, "name": k, "value": v}
             for k, v in values.items()
             if isinstance(v, int | float) and math.isfinite(v)
         ]
-        with self.db.session() as session:
-            session.add_all(rows)
+
+        def write(session: Session) -> None:
+            session.add_all([Metric(**row) for row in rows])
             session.execute(update(Job).where(Job.id == self.job_id).values(heartbeat_at=utcnow()))
+
+        self._in_session(write, "metrics")
         if step % PROGRESS_EVERY == 0:
             shown = ", ".join(f"{k} {v:.3g}" for k, v in values.items() if k in PROGRESS_KEYS)
             sys.stderr.write(
@@ -161,8 +181,8 @@ class Tracker:
             if source.is_dir()
             else self.store.put_file(source, key)
         )
-        with self.db.session() as session:
-            session.add(
+        self._in_session(
+            lambda session: session.add(
                 Artifact(
                     team_id=self.team_id,
                     job_id=self.job_id,
@@ -173,7 +193,9 @@ class Tracker:
                     checksum=stored.checksum,
                     meta=meta,
                 )
-            )
+            ),
+            "artifact",
+        )
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:

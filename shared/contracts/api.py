@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.contracts.specs import JobSpec
 from shared.contracts.status import JobStatus
@@ -18,6 +18,33 @@ DatasetKind = Literal["source", "cold", "rl", "eval"]
 
 class Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
+
+
+def nul_free(value: Any, where: str = "") -> None:
+    """Raise if any text in ``value`` (keys included) holds a NUL character: no database
+    column can store one, and no model input needs one."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"NUL characters (\\u0000) are not allowed in text{where}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            nul_free(key, where)
+            nul_free(item, f" (in {key!s:.40})")
+    elif isinstance(value, list | tuple):
+        for item in value:
+            nul_free(item, where)
+
+
+class In(BaseModel):
+    """Base of request bodies: unknown fields and NUL characters are refused with a 422."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        nul_free(data)
+        return data
 
 
 class Page(BaseModel, Generic[T]):
@@ -50,10 +77,8 @@ class ColumnMapping(BaseModel):
     id: str | None = Field(default=None, description="Optional column with a row ID.")
 
 
-class DatasetCreate(BaseModel):
+class DatasetCreate(In):
     """Register a dataset from a JSONL or Parquet file the server can read."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     kind: Literal["source", "rl", "eval"] = "source"
@@ -102,9 +127,7 @@ class ItemOut(Out):
     extra: dict[str, Any]
 
 
-class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class JobCreate(In):
     name: str | None = Field(default=None, max_length=200)
     spec: JobSpec
 

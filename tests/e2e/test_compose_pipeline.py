@@ -290,7 +290,7 @@ def test_pipeline_over_http_on_the_declared_stack(stack: Stack, teachers: dict[s
         checkpoint = next(a for a in artifacts if a["kind"] == "checkpoint")
         download = client.get(f"/v1/artifacts/{checkpoint['id']}/download")
         assert download.status_code == 200
-        with tarfile.open(fileobj=io.BytesIO(download.content), mode="r:gz") as tar:
+        with tarfile.open(fileobj=io.BytesIO(download.content), mode="r:") as tar:
             names = tar.getnames()
         assert any(n.endswith("config.json") for n in names)
         assert any(n.endswith(".safetensors") for n in names)

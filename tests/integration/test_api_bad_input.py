@@ -191,3 +191,89 @@ def test_a_dataset_name_is_taken_once_per_team(api: dict[str, Any]) -> None:
     assert again.status_code == 409
     assert "already exists" in again.json()["message"]
     assert _counts(api)[0] == 1
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/v1/jobs?offset=9223372036854775808",  # beyond 64 bits: the database would refuse
+        "/v1/datasets?offset=2147483648",
+        "/v1/jobs/00000000-0000-0000-0000-000000000000/metrics?after_step=4294967296",
+        "/v1/jobs/00000000-0000-0000-0000-000000000000/metrics?stage=-1",
+        "/v1/jobs/00000000-0000-0000-0000-000000000000/metrics?name=loss%00",
+        "/v1/jobs?kind=sft%00",
+        "/v1/jobs?statuss=running",  # a typo is not silently ignored
+    ],
+)
+def test_out_of_range_nul_and_unknown_query_values_are_422(api: dict[str, Any], query: str) -> None:
+    response = api["client"].get(query)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "invalid_input"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "nul\u0000name", "spec": {"kind": "sft", "model": "m", "dataset_id": "x"}},
+        {"spec": {"kind": "sft", "model": "m\u0000", "dataset_id": "x"}},
+        {"spec": {"kind": "sft", "model": "m", "dataset_id": "x", "seed\u0000": 1}},
+    ],
+)
+def test_nul_characters_in_a_body_are_422(api: dict[str, Any], body: dict[str, Any]) -> None:
+    response = api["client"].post("/v1/jobs", json=body)
+    assert response.status_code == 422, response.text
+    assert "NUL" in response.json()["message"]
+    assert _counts(api)[2] == 0
+
+
+def test_nul_characters_in_dataset_rows_are_row_errors(api: dict[str, Any]) -> None:
+    _write_jsonl(api["data"] / "ds", [GOOD, {**GOOD, "question": "What\u0000colour?"}])
+    body = {"name": "d", "path": "ds/rows.jsonl", "on_error": "skip"}
+    response = api["client"].post("/v1/datasets", json=body)
+    assert response.status_code == 201, response.text
+    (skipped,) = response.json()["skipped"]
+    assert skipped["row"] == 2
+    assert "NUL" in skipped["reason"]
+    assert _counts(api)[1] == 1
+
+
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS", "DELETE", "PUT"])
+def test_a_wrong_method_names_every_allowed_one(api: dict[str, Any], method: str) -> None:
+    response = api["client"].request(method, "/v1/datasets")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "GET, POST"
+    one = api["client"].request(method, "/v1/jobs/00000000-0000-0000-0000-000000000000/cancel")
+    assert one.headers["Allow"] == "POST"
+
+
+def test_a_retried_submission_with_its_key_is_one_job(api: dict[str, Any]) -> None:
+    _write_jsonl(api["data"] / "ds", [GOOD])
+    dataset = api["client"].post("/v1/datasets", json={"name": "d", "path": "ds/rows.jsonl"})
+    spec = {"kind": "sft", "model": "m", "dataset_id": dataset.json()["id"], "max_steps": 2}
+    key = {"Idempotency-Key": "retry-me"}
+    first = api["client"].post("/v1/jobs", json={"spec": spec}, headers=key)
+    again = api["client"].post("/v1/jobs", json={"spec": spec}, headers=key)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert _counts(api)[2] == 1
+    assert len(api["sent"]) == 1  # the work was queued once
+    other = api["client"].post("/v1/jobs", json={"spec": {**spec, "max_steps": 3}}, headers=key)
+    assert other.status_code == 409
+    assert "different job spec" in other.json()["message"]
+    fresh = api["client"].post("/v1/jobs", json={"spec": spec}, headers={"Idempotency-Key": "x2"})
+    assert fresh.status_code == 201
+    assert _counts(api)[2] == 2
+
+
+def test_a_database_that_is_down_answers_503(tmp_path: Path) -> None:
+    from tests.helpers import free_port
+
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"
+    app = create_app(GatewaySettings(database_url=url, artifact_uri=tmp_path.as_uri()))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        key = {"Authorization": "Bearer vr1_abcdefgh_secret"}  # well-formed: looked up
+        response = client.get("/v1/jobs", headers=key)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert response.json()["error"] == "unavailable"

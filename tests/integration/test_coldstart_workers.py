@@ -27,8 +27,8 @@ from tests.coldstart_support import (
     WorkerPool,
     auth,
     check_export,
-    engine,
-    toy_subset,
+    coldstart_spec,
+    register_toy,
     wait_for_job,
     workers,
 )
@@ -71,28 +71,12 @@ def cluster(
 
 def _register(cluster: dict[str, Any], n: int) -> tuple[str, dict[str, str]]:
     """Register the first ``n`` toy items through the API; the dataset ID and gold answers."""
-    toy_subset(cluster["teachers"]["toy"], cluster["data"] / "toy", n)
-    client, key = cluster["client"], cluster["key"]
-    created = client.post(
-        "/v1/datasets", headers=auth(key), json={"name": "toy", "path": "toy/train.jsonl"}
-    )
-    assert created.status_code == 201, created.text
-    dataset_id = created.json()["id"]
-    items = client.get(f"/v1/datasets/{dataset_id}/items?limit={n}", headers=auth(key)).json()
-    assert items["total"] == n
-    return dataset_id, {item["id"]: item["answer"] for item in items["items"]}
+    toy = cluster["teachers"]["toy"]
+    return register_toy(cluster["client"], cluster["key"], toy, cluster["data"], n)
 
 
 def _submit(cluster: dict[str, Any], dataset_id: str, chunk_size: int) -> str:
-    models = cluster["teachers"]
-    spec = {
-        "kind": "coldstart",
-        "dataset_id": dataset_id,
-        "captioner": engine(models["describer"], batch_size=chunk_size),
-        "reasoner": engine(models["reasoner"], batch_size=chunk_size),
-        "chunk_size": chunk_size,
-        "output_name": "toy-cold",
-    }
+    spec = coldstart_spec(cluster["teachers"], dataset_id, chunk_size)
     response = cluster["client"].post("/v1/jobs", headers=auth(cluster["key"]), json={"spec": spec})
     assert response.status_code == 201, response.text
     job_id: str = response.json()["id"]
@@ -163,7 +147,7 @@ def test_coldstart_job_through_the_api_and_real_workers(cluster: dict[str, Any])
         f"/v1/artifacts/{by_kind['dataset_export']['id']}/download", headers=auth(key)
     )
     assert bundle.status_code == 200
-    with tarfile.open(fileobj=io.BytesIO(bundle.content), mode="r:gz") as tar:
+    with tarfile.open(fileobj=io.BytesIO(bundle.content), mode="r:") as tar:
         names = set(tar.getnames())
         member = next(n for n in names if n.endswith("/cold.json"))
         extracted = tar.extractfile(member)

@@ -9,13 +9,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
 from services.reward.app import create_app
 from services.reward.settings import RewardSettings
 from shared.errors import InvalidInput, PayloadTooLarge
 from shared.reward_client import RewardClient, as_trl_reward
-from tests.helpers import free_port
+from tests.helpers import serve_app
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +25,6 @@ GOOD = "<think>6/2 = 3</think><answer>3</answer>"
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
     settings = RewardSettings(
-        port=free_port(),
         workers=2,
         item_timeout_s=LIMIT_S,
         max_batch_items=64,
@@ -34,17 +32,8 @@ def base_url() -> Iterator[str]:
         max_body_bytes=2_000_000,
         log_level="warning",
     )
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "reward service did not start"
-    yield f"http://127.0.0.1:{settings.port}"
-    server.should_exit = True
-    thread.join(15)
+    with serve_app(create_app(settings)) as base:
+        yield base
 
 
 def post(base_url: str, body: object) -> httpx.Response:

@@ -7,7 +7,6 @@ real PostgreSQL; the watcher relaunches a run that was killed.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -26,13 +25,10 @@ from services.trainer import watcher
 from services.trainer.k8s_launcher import KubernetesLauncher
 from services.trainer.launcher import LaunchRequest, LocalLauncher, RunState
 from services.trainer.settings import TrainerSettings
-from shared.cold_data import ColdSample
-from shared.contracts.api import DatasetCreate
 from shared.contracts.specs import GrpoSpec, SftSpec, StageSpec
-from shared.datasets import register_dataset
 from shared.db.models import Artifact, Job, Metric, Run, Stage
 from shared.settings import BaseVR1Settings
-from tests.helpers import discard_messages, free_port, register_cold
+from tests.helpers import discard_messages, free_port, training_toy
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,32 +55,7 @@ def platform(pg_migrated: str, tmp_path: Path) -> Embedded:
 @pytest.fixture
 def toy(platform: Embedded, tmp_path: Path) -> dict[str, Any]:
     """A student model, a cold set of clean samples, and RL prompts from the toy world."""
-    from shared.fixtures.tiny import build_tiny_vlm
-    from shared.fixtures.toy import generate_toy_dataset, read_rows
-
-    info = generate_toy_dataset(
-        tmp_path / "toy", seed=0, n_train=16, n_test=0, tasks=["shape_colour"]
-    )
-    root = info.root
-    rows = read_rows(info.train_path)
-    cold = [
-        ColdSample(
-            r["question"],
-            f"<think>The shape is {r['answer']}.</think><answer>{r['answer']}</answer>",
-            [root / r["image"]],
-        )
-        for r in rows[:8]
-    ]
-    cold_id = register_cold(platform, "cold-clean", cold)
-    (root / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:16]))
-    team = platform.team()
-    with platform.db.session() as session:
-        request = DatasetCreate(name="rl", kind="rl", path=str(root / "rl.jsonl"))
-        rl, _ = register_dataset(
-            session, team=team, request=request, roots=[root], store=platform.store
-        )
-        rl_id = str(rl.id)
-    return {"student": build_tiny_vlm(tmp_path / "student", seed=0), "cold": cold_id, "rl": rl_id}
+    return training_toy(platform, tmp_path)
 
 
 def _stages(platform: Embedded, job_id: uuid.UUID) -> list[Stage]:

@@ -143,6 +143,7 @@ def test_application_services_run_vr1_commands() -> None:
         "captioner": ["vr1", "worker", "captioner"],
         "reasoner": ["vr1", "worker", "reasoner"],
         "trainer": ["vr1", "worker", "trainer"],
+        "reconciler": ["vr1", "worker", "reconciler"],
     }
     gpu = application_services(load_stack(COMPOSE_FILE, VARIABLES), profiles=("gpu",))
     for worker in WORKERS:

@@ -66,7 +66,11 @@ def objects(overlay: str, kind: str) -> dict[str, dict[str, Any]]:
 
 def workloads(overlay: str) -> dict[str, dict[str, Any]]:
     """Deployments and Jobs by name, plus one training Job rendered by the launcher."""
-    found = {**objects(overlay, "Deployment"), **objects(overlay, "Job")}
+    found = {
+        **objects(overlay, "Deployment"),
+        **objects(overlay, "StatefulSet"),
+        **objects(overlay, "Job"),
+    }
     found["training-run"] = training_job(overlay)
     found["training-run-on-2-machines"] = training_job(overlay, machines=2)
     return found
@@ -148,8 +152,14 @@ def test_the_stack_is_complete(overlay: str) -> None:
         "vr1-captioner",
         "vr1-reasoner",
         "vr1-trainer",
+        "vr1-reconciler",
     }
-    assert set(objects(overlay, "Service")) == HTTP_SERVICES
+    # The broker keeps its append-only file on a volume: queued work survives a restart.
+    (redis,) = objects(overlay, "StatefulSet").values()
+    command = containers(redis)[0]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    assert set(objects(overlay, "Service")) == HTTP_SERVICES | {"vr1-redis"}
     assert set(objects(overlay, "Job")) == {"vr1-migrate"}
     assert set(objects(overlay, "PersistentVolumeClaim")) == {"vr1-artifacts"}
     assert set(objects(overlay, "Namespace")) == {"vr1"}
@@ -161,6 +171,7 @@ def test_the_stack_is_complete(overlay: str) -> None:
         "vr1-captioner": ["vr1", "worker", "captioner"],
         "vr1-reasoner": ["vr1", "worker", "reasoner"],
         "vr1-trainer": ["vr1", "worker", "trainer"],
+        "vr1-reconciler": ["vr1", "worker", "reconciler"],
     }
     migrate = containers(objects(overlay, "Job")["vr1-migrate"])[-1]
     assert migrate["command"] == ["sh", "/app/docker/prestart.sh"]
@@ -261,7 +272,7 @@ def test_training_jobs_run_the_trainers_image(overlay: str) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_services_select_their_deployments(overlay: str) -> None:
-    deployments = objects(overlay, "Deployment")
+    deployments = {**objects(overlay, "Deployment"), **objects(overlay, "StatefulSet")}
     for name, service in objects(overlay, "Service").items():
         labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["selector"].items() <= labels.items(), name
