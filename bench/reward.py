@@ -76,17 +76,22 @@ def latex(rng: random.Random) -> tuple[str, list[str]]:
         "poly": (f"x^2+{k}x", [f"x^2 + {k}x", f"{k}x+x^2", f"x(x+{k})", f"x^2+{k + 1}x"]),
         "interval": (f"[{k}, {k + m})", interval),
         "line": (f"y = {k}x + {m}", [f"y={k}x+{m}", f"y = {m} + {k}x", f"y = {m}x + {k}"]),
+        "trig": ("\\sin^2 x", ["1 - \\cos^2 x", "\\sin^2 x", "\\cos^2 x", "\\sin x^2"]),
+        "log": (str(k), [f"\\log_2 {2**k}", f"\\log_2 {2 ** (k + 1)}", str(k)]),
+        "set": (f"\\{{1, {k}\\}}", [f"\\{{{k}, 1\\}}", f"\\{{1, {k + 1}\\}}", f"\\{{1,{k}\\}}"]),
     }
     gold, forms = choices[rng.choice(list(choices))]
     return gold, [rng.choice(forms) for _ in range(GROUP)]
 
 
 def symbolic(rng: random.Random) -> tuple[str, list[str]]:
+    """Answers only sympy decides here: complex numbers, `e`, relations, binomials."""
     k = rng.randint(2, 9)
     choices = {
-        "trig": ("\\sin^2 x", ["1 - \\cos^2 x", "\\sin^2 x", "\\cos^2 x", "\\sin x^2"]),
-        "log": (str(k), [f"\\log_2 {2**k}", f"\\log_2 {2 ** (k + 1)}", str(k)]),
-        "set": (f"\\{{1, {k}\\}}", [f"\\{{{k}, 1\\}}", f"\\{{1, {k + 1}\\}}", f"\\{{1,{k}\\}}"]),
+        "complex": (f"{k}+3i", [f"3i+{k}", f"{k}-3i", f"{k} + 3i", f"{k}+3\\cdot i"]),
+        "exp": (f"e^{{{k}}}", [f"e^{k}", f"{k}e", f"e^{{{k + 1}}}"]),
+        "relation": (f"x > {k}", [f"{k} < x", f"x \\geq {k}", f"x>{k}"]),
+        "binomial": (f"\\binom{{{k + 2}}}{{2}}", [str((k + 2) * (k + 1) // 2), str(k * k)]),
     }
     gold, forms = choices[rng.choice(list(choices))]
     return gold, [rng.choice(forms) for _ in range(GROUP)]

@@ -7,6 +7,7 @@ tell a live run from a lost one.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -199,10 +200,21 @@ class Tracker:
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
-    """The newest complete ``checkpoint-N`` folder a crashed attempt left, if any."""
+    """The newest complete ``checkpoint-N`` folder a crashed attempt left, if any.
+
+    A checkpoint is complete when its trainer state (written last) reads back: an attempt
+    killed while saving leaves a folder whose state is missing, empty or cut off, and the
+    one before it is used instead."""
     found = []
     for path in out_dir.glob("checkpoint-*"):
         suffix = path.name.rsplit("-", 1)[-1]
-        if suffix.isdigit() and (path / "trainer_state.json").exists():
+        if suffix.isdigit() and _readable_state(path / "trainer_state.json"):
             found.append((int(suffix), path))
     return max(found)[1] if found else None
+
+
+def _readable_state(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text()), dict)
+    except (OSError, ValueError):
+        return False

@@ -1,10 +1,12 @@
-"""Sympy-free equality for plain arithmetic LaTeX: `2\\sqrt{3}`, `\\frac{\\pi}{3}`, `x(x+3)`.
+"""Sympy-free equality for plain arithmetic LaTeX: `2\\sqrt{3}`, `\\frac{\\pi}{3}`, `x(x+3)`,
+`\\sin^2 x`, `\\log_2 256`, and sets of such: `\\{1, 3\\}`.
 
 Both sides are parsed into a small grammar (numbers, one-letter variables, `\\pi`, `+ - *
-/ ^`, implicit products, `\\frac`, `\\sqrt`, parentheses and braces) and evaluated at three
-fixed points; polynomials and radicals that agree there are equal. Anything outside the
-grammar — decimals, sets, relations, functions, `e`, `i` — returns None and goes to
-Math-Verify, so this path never has to be cleverer than it is.
+/ ^`, implicit products, `\\frac`, `\\sqrt`, `\\sin \\cos \\tan` of one factor, `\\ln`,
+`\\log` with a base, parentheses and braces) and evaluated at three fixed points;
+expressions that agree there are equal. Anything outside the grammar — decimals,
+relations, other functions, `e`, `i`, a function of an unbraced product (`\\sin 2x`) —
+returns None and goes to Math-Verify, so this path never has to be cleverer than it is.
 """
 
 from __future__ import annotations
@@ -14,7 +16,15 @@ import re
 from collections.abc import Callable
 from itertools import pairwise
 
-_TOKEN = re.compile(r"\s*(?:(\d+)|\\(pi|frac|sqrt)(?![a-zA-Z])|([a-zA-Z])|([-+*/^(){}]))")
+_TOKEN = re.compile(
+    r"\s*(?:(\d+)|\\(pi|frac|sqrt|sin|cos|tan|ln|log)(?![a-zA-Z])|([a-zA-Z])|([-+*/^(){}_]))"
+)
+_FUNCTIONS: dict[str, Callable[[float], float]] = {
+    "sin": math.sin,
+    "cos": math.cos,
+    "tan": math.tan,
+    "ln": math.log,
+}
 _REWRITES = (
     (re.compile(r"\\[dt]frac(?![a-zA-Z])"), r"\\frac"),
     (re.compile(r"\\(?:cdot|times)(?![a-zA-Z])"), "*"),
@@ -142,11 +152,69 @@ class _Parser:
             return _div(self.group(), self.group())
         if (kind, value) == ("cmd", "sqrt"):
             return _sqrt(self.group())
+        if kind == "cmd" and value in (*_FUNCTIONS, "log"):
+            return self.function(value)
         if value in ("(", "{"):
             node = self.expr()
             self.take(")" if value == "(" else "}")
             return node
         raise _Unsupported
+
+    def function(self, name: str) -> Node:
+        """`\\sin x`, `\\sin^2 x`, `\\cos(2x)`, `\\ln 5`, `\\log_2 256`, `\\log_{3}{x}`: a function
+        of one factor; `\\sin 2x` (is it sin(2x)?) is left to Math-Verify."""
+        base: Node | None = None
+        if name == "log":  # only with a base: `\\log x` means ln or log10 by convention
+            self.take("_")
+            kind, value = self.peek()
+            if kind == "num":
+                self.i += 1
+                base = _const(value[0])
+                if len(value) > 1:  # `\\log_28`: base 2 of 8
+                    self.tokens.insert(self.i, ("num", value[1:]))
+            else:
+                base = self.group()
+        exponent: Node | None = None
+        if self.peek() == ("op", "^"):
+            self.i += 1
+            kind, value = self.peek()
+            if kind == "num" and len(value) == 1:
+                self.i += 1
+                exponent = _const(value)
+            else:
+                exponent = self.group()
+        grouped = self.peek()[1] in ("(", "{")
+        argument = self.power()
+        kind, value = self.peek()
+        if not grouped and (kind in ("num", "var", "cmd") or value in ("(", "{")):
+            raise _Unsupported  # `\\sin 2x`, `\\sin x \\cos x`: the argument's end is unclear
+        node = _log(argument, base) if base is not None else _apply(_FUNCTIONS[name], argument)
+        return _pow(node, exponent) if exponent is not None else node
+
+
+def _const(value: str) -> Node:
+    number = float(value)
+    return lambda env: number
+
+
+def _apply(function: Callable[[float], float], a: Node) -> Node:
+    def run(env: Env) -> float:
+        try:
+            return function(a(env))
+        except ValueError as exc:  # outside the domain (ln of a negative number)
+            raise _Unsupported from exc
+
+    return run
+
+
+def _log(a: Node, base: Node) -> Node:
+    def run(env: Env) -> float:
+        value, b = a(env), base(env)
+        if value <= 0 or b <= 0 or b == 1:
+            raise _Unsupported
+        return math.log(value) / math.log(b)
+
+    return run
 
 
 def _add(a: Node, b: Node) -> Node:
@@ -205,9 +273,12 @@ def arith_equal(gold: str, pred: str) -> bool | None:
         return None
     if not all(math.isfinite(v) for v in golds + preds):
         return None
-    return all(
-        abs(g - p) <= 1e-9 * max(1.0, abs(g), abs(p)) for g, p in zip(golds, preds, strict=True)
-    )
+    return _close(golds, preds)
+
+
+def _close(a: list[float], b: list[float]) -> bool:
+    """The same values at every point, up to rounding."""
+    return all(abs(x - y) <= 1e-9 * max(1.0, abs(x), abs(y)) for x, y in zip(a, b, strict=True))
 
 
 _INTERVAL = re.compile(r"^([\[(])([^,]+),([^,]+)([\])])$")
@@ -223,8 +294,39 @@ def _endpoint_equal(gold: str, pred: str) -> bool | None:
     return arith_equal(gold, pred)
 
 
+_SET = re.compile(r"^\\\{(.*)\\\}$")
+
+
+def _set_equal(gold: str, pred: str) -> bool | None:
+    """Two sets of plain arithmetic elements: the same elements, in any order."""
+    g, p = _SET.match(gold.strip()), _SET.match(pred.strip())
+    if not (g and p):
+        return None
+    golds = [e for e in g.group(1).split(",") if e.strip()]
+    preds = [e for e in p.group(1).split(",") if e.strip()]
+    if any("{" in e or "}" in e for e in golds + preds) and not all(
+        e.count("{") == e.count("}") for e in golds + preds
+    ):
+        return None  # a comma inside an element (`\\frac{1,2}`): not a plain list
+    values = []
+    for side in (golds, preds):
+        try:
+            values.append([_values(e) for e in side])
+        except (_Unsupported, OverflowError, ZeroDivisionError, KeyError, RecursionError):
+            return None
+    left, right = values
+    if not all(math.isfinite(v) for point in left + right for v in point):
+        return None
+    return all(any(_close(a, b) for b in right) for a in left) and all(
+        any(_close(b, a) for a in left) for b in right
+    )
+
+
 def structured_equal(gold: str, pred: str) -> bool | None:
-    """Two-ended intervals, `y = …` with the same left side, or plain arithmetic; else None."""
+    """Two-ended intervals, `y = …` with the same left side, sets, or plain arithmetic; else
+    None."""
+    if gold.strip().startswith("\\{") or pred.strip().startswith("\\{"):
+        return _set_equal(gold, pred)
     g, p = _INTERVAL.match(gold.strip()), _INTERVAL.match(pred.strip())
     if g and p:
         if (g.group(1), g.group(4)) != (p.group(1), p.group(4)):

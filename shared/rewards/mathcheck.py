@@ -7,12 +7,14 @@ Math-Verify's timeouts use ``signal.alarm``, which fails outside the main thread
 
 from __future__ import annotations
 
+import cmath
 import logging
 import re
 import threading
 from functools import lru_cache
 from typing import Any
 
+import sympy
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 from shared.rewards.rules import (
@@ -73,8 +75,67 @@ def _compare(job: MathJob, gold: list[Any], pred: list[Any], seconds: int | None
         return Verdict(None, GOLD_UNPARSEABLE, extracted)
     if not pred:
         return Verdict(False, ANSWER_UNPARSEABLE, extracted)
+    if clearly_different(gold, pred):
+        return Verdict(False, WRONG, extracted)
     ok = bool(verify(gold, pred, timeout_seconds=seconds))
     return Verdict(ok, OK if ok else WRONG, extracted)
+
+
+# Fixed points where both sides are evaluated (irrational, away from 0, 1 and poles of
+# the usual functions); a wrong answer nearly always shows at the first.
+_POINTS = ((0.7345, 1.2391, 1.9183), (1.4142, 0.3861, 2.7077))
+_CLEARLY = 1e-3  # relative difference: far beyond any rounding Math-Verify forgives
+
+
+def clearly_different(gold: list[Any], pred: list[Any]) -> bool:
+    """Whether every parsed gold expression differs from every parsed prediction by far
+    at some point (a wrong answer, told in microseconds instead of a failed simplify).
+
+    Only plain expressions are compared this way — no relations, sets, intervals or
+    matrices, at most three variables — and a matching raw string always defers to
+    Math-Verify, so this can only shorten a comparison whose answer is "wrong"."""
+    if any(isinstance(g, str) and g in pred for g in gold):
+        return False
+    golds = [g for g in gold if not isinstance(g, str)]
+    preds = [p for p in pred if not isinstance(p, str)]
+    if not golds or not preds:
+        return False
+    return all(_differ(g, p) for g in golds for p in preds)
+
+
+_UNTAMED = (sympy.factorial, sympy.gamma, sympy.Integral, sympy.Sum, sympy.Product, sympy.Limit)
+
+
+def _tame(e: sympy.Expr) -> bool:
+    """Small enough to evaluate at once: no towers, huge powers, factorials or integrals."""
+    if e.count_ops() > 60 or e.has(*_UNTAMED):
+        return False
+    for power in e.atoms(sympy.Pow):
+        exponent = power.exp
+        if exponent.has(sympy.Pow) or (exponent.is_number and abs(complex(exponent)) > 64):
+            return False
+    return True
+
+
+def _differ(a: Any, b: Any) -> bool:
+    if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr)):
+        return False
+    if not (_tame(a) and _tame(b)):
+        return False
+    symbols = sorted(a.free_symbols | b.free_symbols, key=str)
+    if len(symbols) > len(_POINTS[0]):
+        return False
+    for values in _POINTS:
+        point = dict(zip(symbols, values, strict=False))
+        try:
+            x, y = complex(a.evalf(15, subs=point)), complex(b.evalf(15, subs=point))
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError, RecursionError):
+            return False
+        if not (cmath.isfinite(x) and cmath.isfinite(y)):
+            return False
+        if abs(x - y) > _CLEARLY * max(1.0, abs(x), abs(y)):
+            return True
+    return False
 
 
 def judge_math_guarded(job: MathJob, *, seconds: int = 5) -> Verdict:

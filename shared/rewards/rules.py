@@ -32,6 +32,10 @@ OTHER_OPTION = "other_option_letter"
 SEVERAL_OPTIONS = "several_option_letters"
 TIMEOUT = "timeout"
 VERIFIER_ERROR = "verifier_error"
+CONTROL_CHARS = "answer_control_chars"
+# NUL and other control characters (tab and newlines aside) are not text a model means:
+# an answer holding one is unreadable (never right), a gold holding one gives no verdict.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 # Answers longer than this never reach sympy: no real final answer is that long.
 MAX_MATH_CHARS = 2000
@@ -57,7 +61,18 @@ class MathJob:
 
 
 # --- multiple choice -------------------------------------------------------------------
-_GOLD_LETTER = re.compile(r"^\(?([A-H])\)?[.):]?$|^\(([A-H])\)\s*\S|^([A-H])[.:)]\s+\S")
+# A gold option: `C`, `(C)`, `C.`, `(C) 12`, `C. 12 cm`, `C: 12`, and `C 12 cm` (a letter, a
+# space, then option text that starts like math: a digit, sign, `$`, `\`, `(`), so that a
+# gold such as `A cat` stays a word answer.
+_GOLD_LETTER = re.compile(
+    r"^\(?([A-H])\)?[.):]?$|^\(([A-H])\)\s*\S|^([A-H])[.:)]\s+\S"
+    r"|^([A-H])\s+(?=[\d$\\(+\-−.√π])"
+)
+# LaTeX that dresses a letter: `\text{C}`, `\textbf{(C)}`, `\mathrm{C}`, `\mathbf{C}`.
+_LETTER_DRESS = re.compile(
+    r"\\(?:text|textbf|textrm|textit|textsf|mathrm|mathbf|mathit|mathsf|mbox|operatorname)"
+    r"\s*\{([^{}]*)\}"
+)
 _OPTION_PREFIX = re.compile(r"^(?:option|choice)\s*", re.IGNORECASE)
 _HEAD_LETTER = re.compile(r"^\(?([A-H])\)?(?=$|[\s.):,;/&])")
 _LOWER_ONLY = re.compile(r"^\(?([a-h])\)?[.)]?$")
@@ -67,15 +82,26 @@ _MORE_LETTERS = re.compile(
 )
 
 
+def undress(text: str) -> str:
+    """Text with its LaTeX text and font commands replaced by their content."""
+    for _ in range(4):
+        stripped = _LETTER_DRESS.sub(r"\1", text)
+        if stripped == text:
+            break
+        text = stripped
+    return text.strip()
+
+
 def gold_letter(gold: str) -> str | None:
-    """The option letter a gold answer names (`B`, `(B)`, `B.`, `(B) 12`), if it is one."""
-    m = _GOLD_LETTER.match(gold)
+    """The option letter a gold answer names (`B`, `(B)`, `B.`, `(B) 12`, `B 12 cm`,
+    `\text{(B)}`), if it is one."""
+    m = _GOLD_LETTER.match(undress(gold))
     return next((g for g in m.groups() if g), None) if m else None
 
 
 def judge_choice(letter: str, pred: str) -> Verdict:
     """Right iff the prediction names exactly the gold option letter."""
-    s = _OPTION_PREFIX.sub("", pred.strip(), count=1)
+    s = _OPTION_PREFIX.sub("", clean_answer(undress(pred)), count=1)
     lower = _LOWER_ONLY.match(s)
     if lower:
         named = lower.group(1).upper()
@@ -95,8 +121,17 @@ _PLAIN = re.compile(rf"^{_NUM}$")
 _SLASH = re.compile(rf"^({_NUM})\s*/\s*({_NUM})$")
 _LATEX_FRAC = re.compile(rf"^([+-]?)\\[dt]?frac\{{\s*({_NUM})\s*\}}\{{\s*({_NUM})\s*\}}$")
 _THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_DIGIT_GAP = re.compile(r"(?<=\d)(?:\{,\}|\\,|\\!|\\ |~)(?=\d{3})")
+# Thousands separators as LaTeX writes them: `32{,}349`, `32,\!349`, `32,\,349`; and the
+# thin spaces some write instead: `32\,349`, `32\!349`, `32~349`.
+_LATEX_COMMA = re.compile(r"(?<=\d)(?:\{,\}|,\\[!,])(?=\d{3})")
+_DIGIT_GAP = re.compile(r"(?<=\d)(?:\\,|\\!|\\ |~)(?=\d{3})")
 _PERCENT = re.compile(r"\s*\\?%$")
+# Longer numbers are not read as numbers (Python refuses integers past 4,300 digits, and no
+# answer is that long); they go on to the length limit of the symbolic check.
+_MAX_DIGITS = 100
+# A decimal agrees with a fraction that has no finite decimal form (1/3, 1/12) when they
+# differ by less than this, relative: `0.0833333` is `\frac{1}{12}`, `0.33` is not `1/3`.
+DECIMAL_REL_TOL = Fraction(1, 100_000)
 
 
 @dataclass(frozen=True)
@@ -105,17 +140,26 @@ class Number:
 
     value: Fraction
     percent: bool = False
+    decimal: bool = False  # written with a decimal point (possibly rounded)
+
+
+def separators_removed(text: str) -> str:
+    """`32,\\!349`, `32{,}349` and `32\\,349` as `32,349` (thousands, never a list)."""
+    return _DIGIT_GAP.sub("", _LATEX_COMMA.sub(",", text))
 
 
 def parse_number(text: str) -> Number | None:
-    """Parse `-3`, `1,000.5`, `3/4`, `\\frac{3}{4}`, `50\\%` exactly; None for anything else."""
-    s = _DIGIT_GAP.sub("", text.strip().replace("−", "-"))
+    """Parse `-3`, `1,000.5`, `32{,}349`, `\\$18.90`, `3/4`, `\\frac{3}{4}`, `50\\%` exactly;
+    None for anything else."""
+    if sum(c.isdigit() for c in text) > _MAX_DIGITS:
+        return None
+    s = separators_removed(_CURRENCY.sub("", text.strip()).replace("−", "-"))
     percent = bool(_PERCENT.search(s))
     s = _PERCENT.sub("", s).strip()
     if _THOUSANDS.match(s):
         s = s.replace(",", "")
     value = _number_value(s)
-    return Number(value, percent) if value is not None else None
+    return Number(value, percent, "." in s) if value is not None else None
 
 
 def _number_value(s: str) -> Fraction | None:
@@ -135,11 +179,36 @@ def _number_value(s: str) -> Fraction | None:
 
 
 def numbers_equal(gold: Number, pred: Number) -> bool:
-    """Equal values; against a percentage, a bare number may be the percent or the fraction."""
+    """Equal values, the same in both directions; against a percentage, a bare number may
+    be the percent or the fraction (`10%` is `10` and `0.1`); a decimal agrees with a
+    fraction that has no finite decimal form within ``DECIMAL_REL_TOL``."""
     if gold.percent == pred.percent:
-        return gold.value == pred.value
+        return _values_agree(gold, gold.value, pred, pred.value)
     percent, bare = (gold, pred) if gold.percent else (pred, gold)
-    return bare.value in (percent.value, percent.value / 100)
+    return any(
+        _values_agree(percent, value, bare, bare.value)
+        for value in (percent.value, percent.value / 100)
+    )
+
+
+def _values_agree(a: Number, x: Fraction, b: Number, y: Fraction) -> bool:
+    if x == y:
+        return True
+    if a.decimal == b.decimal:
+        return False  # two exact values, or two decimals: equal or not
+    exact = x if b.decimal else y
+    if _terminates(exact):
+        return False  # 1/8 is 0.125 exactly: a decimal must say so
+    return abs(x - y) <= DECIMAL_REL_TOL * abs(exact)
+
+
+def _terminates(value: Fraction) -> bool:
+    """Whether a fraction has a finite decimal form (its denominator is 2^a·5^b)."""
+    d = value.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    return d == 1
 
 
 _UNIT_WORDS = (
@@ -247,6 +316,10 @@ def _gold(gold_raw: str) -> tuple[str, Kind]:
 
 def _judge_fast(gold_raw: str, pred_raw: str) -> Verdict | MathJob:
     """The rule itself, uncached."""
+    if _CONTROL.search(gold_raw):
+        return Verdict(None, GOLD_UNPARSEABLE, _CONTROL.sub("", pred_raw)[:EXTRACTED_CHARS])
+    if _CONTROL.search(pred_raw):
+        return Verdict(False, CONTROL_CHARS, _CONTROL.sub("", pred_raw)[:EXTRACTED_CHARS])
     (gold, kind), pred = _gold(gold_raw), clean_answer(pred_raw)
     if kind == "empty":
         return Verdict(None, GOLD_EMPTY, pred[:EXTRACTED_CHARS])
@@ -271,8 +344,11 @@ def _judge_text(gold: str, pred: str) -> Verdict:
 
 def _judge_number(gold: str, pred: str) -> Verdict | MathJob:
     """A bare-number gold: exact comparison when the prediction is a plain number too."""
-    value = strip_units(strip_assignment(pred))
-    gold_number, pred_number = parse_number(gold), parse_number(value)
+    assigned = strip_assignment(pred)
+    as_percent = parse_number(assigned)  # `10%` keeps its sign here; units go below
+    value = strip_units(assigned)
+    gold_number = parse_number(gold)
+    pred_number = as_percent if as_percent is not None else parse_number(value)
     if gold_number is not None and pred_number is not None:
         ok = numbers_equal(gold_number, pred_number)
         return Verdict(ok, OK if ok else WRONG, value[:EXTRACTED_CHARS])
@@ -285,6 +361,7 @@ def _math_job(gold: str, pred: str, *, lists_count: bool) -> Verdict | MathJob:
         return Verdict(None, GOLD_UNPARSEABLE, pred[:EXTRACTED_CHARS])
     if len(pred) > MAX_MATH_CHARS:
         return Verdict(False, ANSWER_TOO_LONG, pred[:EXTRACTED_CHARS])
+    pred = separators_removed(pred)
     gold_has_or = bool(_OR_SPLIT.search(gold))
     if not gold_has_or and is_hedged(pred, lists_count=lists_count and "," not in gold):
         return Verdict(False, HEDGED, pred[:EXTRACTED_CHARS])

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from shared.rewards.pool import Verifier
-from shared.rewards.rules import EXTRACTED_CHARS, MathJob, Verdict, judge_fast
+from shared.rewards.rules import EXTRACTED_CHARS, VERIFIER_ERROR, MathJob, Verdict, judge_fast
 from shared.rewards.text import FormatCheck, check_format, clean_answer, extract_answer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,15 +84,19 @@ class Scorer:
         if not need_answer:
             skipped = Verdict(None, "not_checked")
             return [Judgement(f, skipped) for f in formats]
-        fast = [
-            judge_fast(
-                item.answer, f.answer if f.ok and f.answer else extract_answer(item.completion)
-            )
-            for item, f in zip(items, formats, strict=True)
-        ]
+        submit = getattr(self.verifier, "submit", None)
+        fast: list[Verdict | MathJob | Future[Verdict]] = []
+        for item, f in zip(items, formats, strict=True):
+            pred = f.answer if f.ok and f.answer else extract_answer(item.completion)
+            verdict = _judge_alone(item.answer, pred)
+            # A pool starts on a symbolic job at once, while the rest of the batch is judged.
+            fast.append(submit(verdict) if submit and isinstance(verdict, MathJob) else verdict)
         jobs = [v for v in fast if isinstance(v, MathJob)]
         slow = iter(self.verifier.check_many(jobs) if jobs else [])
-        answers = [next(slow) if isinstance(v, MathJob) else v for v in fast]
+        answers = [
+            next(slow) if isinstance(v, MathJob) else v.result() if isinstance(v, Future) else v
+            for v in fast
+        ]
         return [Judgement(f, a) for f, a in zip(formats, answers, strict=True)]
 
     def score(
@@ -103,6 +111,16 @@ class Scorer:
             answer_ok = j.answer.ok if uses_answer else None
             results.append(ScoreResult(reward, j.format.ok, answer_ok, extracted, reason))
         return results
+
+
+def _judge_alone(gold: str, pred: str) -> Verdict | MathJob:
+    """The fast rule on one item; a bug it meets on odd input costs that item its verdict
+    (none, with the reason), never the batch's."""
+    try:
+        return judge_fast(gold, pred)
+    except Exception:
+        log.exception("the answer rule failed on one item; it gets no verdict")
+        return Verdict(None, VERIFIER_ERROR, pred[:EXTRACTED_CHARS])
 
 
 def _extracted(item: ScoreItem, fmt: FormatCheck) -> str:

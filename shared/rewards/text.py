@@ -23,11 +23,13 @@ FORMAT_TEXT_OUTSIDE = "format:text_outside"
 FORMAT_NO_ANSWER = "format:no_answer"
 FORMAT_EMPTY_ANSWER = "format:empty_answer"
 
+# `Final Answer:`, `Final answer is`, `The answer is`, `The correct answer is:`, `Answer:`,
+# `Answer is` — the prefix is never part of the answer.
 _PREFIX = re.compile(
-    r"^\s*(?:final\s+answer|the\s+(?:final\s+|correct\s+)?answer\s+is|answer)\s*[:：]?\s*",
+    r"^\s*(?:the\s+)?(?:final\s+|correct\s+)?answer\b(?:\s+is\b)?\s*[:：]?\s*",
     re.IGNORECASE,
 )
-_FINAL = re.compile(r"final\s+answer\s*[:：]\s*(.+)", re.IGNORECASE)
+_FINAL = re.compile(r"final\s+answer\s*(?:[:：]|\s+is\b)\s*(.+)", re.IGNORECASE)
 _ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\s*[:：]?\s*(.+)", re.IGNORECASE)
 _MARKDOWN = re.compile(r"^[*_`#>\s]+|[*_`\s]+$")
 _DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))

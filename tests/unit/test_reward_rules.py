@@ -112,7 +112,7 @@ ANSWER_CASES: list[tuple[str, str, bool | None, str]] = [
     ("50\\%", "0.5", T, "ok"),
     ("50\\%", "50", T, "ok"),
     ("50\\%", "50\\%", T, "ok"),
-    ("0.5", "50%", F, "wrong"),
+    ("0.5", "50%", T, "ok"),  # a percentage and its fraction agree both ways
     # hedges: several different candidates are wrong
     ("70", "70 or 110", F, "hedged"),
     ("70", "$70 \\text{ or } 110$", F, "hedged"),

@@ -1,16 +1,18 @@
-"""How training runs are launched and how a run of several processes ends: one process
-plainly, several through ``accelerate launch`` (gloo on CPUs), and a lost peer is a lost
-attempt (relaunched), not a failed job."""
+"""How training runs are launched, end and resume: one process plainly, several through
+``accelerate launch`` (gloo on CPUs), a lost peer is a lost attempt (relaunched), not a
+failed job, and a relaunch resumes from the newest complete checkpoint."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch.distributed
 
 from services.trainer.launcher import run_command
 from services.trainer.run import peer_lost
+from services.trainer.tracking import latest_checkpoint
 
 
 def test_one_process_runs_the_module_plainly() -> None:
@@ -43,3 +45,18 @@ def test_an_accelerate_config_decides_the_distributed_type() -> None:
 )
 def test_a_lost_peer_is_told_from_a_failing_job(error: BaseException, lost: bool) -> None:
     assert peer_lost(error) is lost
+
+
+def test_a_checkpoint_cut_off_while_saving_is_passed_over(tmp_path: Path) -> None:
+    """An attempt killed mid-save leaves a checkpoint whose trainer state is empty or cut
+    off; the relaunch resumes from the newest one that reads back."""
+    states = {2: '{"global_step": 2}', 4: "", 5: '{"global_st', 6: None}
+    for step, state in states.items():
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert latest_checkpoint(tmp_path / "nothing") is None
