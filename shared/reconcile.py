@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, select, text, update
+from sqlalchemy import exists, func, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.coldstart import ensure_records
@@ -132,24 +132,32 @@ def _coldstart(
     if not isinstance(spec, ColdstartSpec):
         return
     held = in_flight.items.get(str(job.id), set())
-    item_ids = coldstart_item_ids(session, spec)
-    records = {
-        str(r.item_id): r
-        for r in session.scalars(select(GenerationRecord).where(GenerationRecord.job_id == job.id))
-    }
     lost: dict[str, list[str]] = {queues.CAPTION_BATCH: [], queues.REASON_BATCH: []}
-    unsettled = 0
-    for item_id in item_ids:
-        record = records.get(item_id)
-        if record is not None and record.status in RECORD_TERMINAL:
-            continue
-        unsettled += 1
-        last_touch = record.updated_at if record is not None else job.created_at
-        if item_id in held or _aware(last_touch) >= stale_before:
-            continue
-        step = record.step if record is not None else RecordStep.PENDING
-        task = queues.CAPTION_BATCH if step in CAPTIONER_STEPS else queues.REASON_BATCH
-        lost[task].append(item_id)
+    # Unsettled records nobody touched lately (a large job's settled ones are not read).
+    stale = session.execute(
+        select(GenerationRecord.item_id, GenerationRecord.step).where(
+            GenerationRecord.job_id == job.id,
+            GenerationRecord.status.not_in(RECORD_TERMINAL),
+            GenerationRecord.updated_at < stale_before,
+        )
+    ).all()
+    for item, step in stale:
+        if str(item) not in held:
+            task = queues.CAPTION_BATCH if step in CAPTIONER_STEPS else queues.REASON_BATCH
+            lost[task].append(str(item))
+    counts = session.execute(
+        select(func.count(), func.count().filter(GenerationRecord.status.in_(RECORD_TERMINAL)))
+        .select_from(GenerationRecord)
+        .where(GenerationRecord.job_id == job.id)
+    ).one()
+    records, settled = int(counts[0]), int(counts[1])
+    if records < job.items_total and _aware(job.created_at) < stale_before:
+        # Items no chunk ever reached (their messages were lost before the first visit).
+        query = select(GenerationRecord.item_id).where(GenerationRecord.job_id == job.id)
+        have = {str(i) for i in session.scalars(query)}
+        never = [i for i in coldstart_item_ids(session, spec) if i not in have and i not in held]
+        lost[queues.CAPTION_BATCH] += never
+    unsettled = job.items_total - settled
     for task, ids in lost.items():
         if not ids:
             continue
@@ -165,7 +173,7 @@ def _coldstart(
             enqueue_after_commit(session, task, [str(job.id), chunk])
             resent.count(job.id, len(chunk))
     finishing = (queues.REASON_BATCH, str(job.id)) in in_flight.jobs
-    if unsettled == 0 and item_ids and not finishing and _quiet_since(job, stale_before):
+    if unsettled <= 0 and job.items_total and not finishing and _quiet_since(job, stale_before):
         # Every item is settled but the job did not finish: the reasoner assembles it.
         enqueue_after_commit(session, queues.REASON_BATCH, [str(job.id), []])
         resent.count(job.id)
