@@ -29,7 +29,7 @@ _PREFIX = re.compile(
     r"^\s*(?:the\s+)?(?:final\s+|correct\s+)?answer\b(?:\s+is\b)?\s*[:：]?\s*",
     re.IGNORECASE,
 )
-_FINAL = re.compile(r"final\s+answer\s*(?:[:：]|\s+is\b)\s*(.+)", re.IGNORECASE)
+_FINAL = re.compile(r"final\s+answer(?:\s*[:：]|\s+is\b\s*[:：]?)\s*(.+)", re.IGNORECASE)
 _ANSWER_IS = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\s*[:：]?\s*(.+)", re.IGNORECASE)
 _MARKDOWN = re.compile(r"^[*_`#>\s]+|[*_`\s]+$")
 _DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))

@@ -74,6 +74,8 @@ def test_answer_leaks(text: str, leak: bool) -> None:
         ("blah\n**Final Answer:** \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
         ("So the answer is red.", "red"),
         ("Thus the final answer is: B.", "B"),
+        ("Work.\nThe final answer is 42", "42"),
+        ("<answer>Final answer is $\\frac{1}{2}$</answer>", "$\\frac{1}{2}$"),
         ("<answer>Final Answer: (C)</answer>", "(C)"),
         ("The colour.\nBlue", "Blue"),
         ("\\boxed{12}", "12"),
