@@ -13,7 +13,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 # imports beside CPU torch) and triton (CUDA only); they are removed again.
 VLLM_CPU_UNUSED := torchvision torchaudio torchcodec triton
 
-.PHONY: install demo test test-unit test-integration test-vllm lint format typecheck services bench clean
+.PHONY: install demo test test-unit test-integration test-vllm lint format typecheck services browser bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,7 +44,12 @@ demo: install
 services:
 	./scripts/ensure-services.sh
 
-test: install services
+# The browser tier (tests/browser) drives Debian's Chromium; Playwright never downloads one.
+browser:
+	@test -x /usr/bin/chromium || apt-get install -y --no-install-recommends chromium \
+		|| { apt-get update && apt-get install -y --no-install-recommends chromium; }
+
+test: install services browser
 	$(BIN)/python -m pytest tests --ignore=tests/vllm $(PYTEST_ARGS)
 
 test-unit: install

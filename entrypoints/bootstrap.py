@@ -3,20 +3,19 @@
 What a cluster puts on Redis goes to the database's outbox instead, written in the same
 transaction as the state that needs it; :meth:`Embedded.drain` relays it to the handlers
 the services declare for their workers (``services/<name>/worker.py: tasks``), so a job
-behaves the same in both modes.  Training runs in a local process, in the foreground; the
-run writes its own result and tells its pipeline through the same outbox, and a watcher
-pass after each quiet spell relaunches a run that died, as the trainer worker's watcher
-does in a cluster.
+behaves the same in both modes.  Training runs in a local process, in the foreground,
+writing to its attempt's log file (to this terminal when verbose); the run writes its own
+result and tells its pipeline through the same outbox, and a watcher pass after each quiet
+spell relaunches a run that died, as the trainer worker's watcher does in a cluster.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.captioner import worker as captioner
 from services.reasoner import worker as reasoner
@@ -33,6 +32,9 @@ from shared.errors import NotAvailable, TeamNotFound
 from shared.settings import BaseVR1Settings
 from shared.storage import ArtifactStore, open_store
 from shared.worker import Tasks
+
+if TYPE_CHECKING:
+    from entrypoints.console import Console
 
 log = logging.getLogger(__name__)
 LOCAL_TEAM = "local"
@@ -94,8 +96,9 @@ class Embedded:
             self.on_message(task_name, args)
 
 
-def embedded(settings: BaseVR1Settings | None = None) -> Embedded:
-    """Embedded mode on the given (or default) settings, database migrated."""
+def embedded(settings: BaseVR1Settings | None = None, *, verbose: bool = False) -> Embedded:
+    """Embedded mode on the given (or default) settings, database migrated; ``verbose``
+    training runs write to this process's terminal instead of their log files."""
     settings = settings or BaseVR1Settings()
     url = settings.resolved_database_url
     migrate.upgrade(url)
@@ -107,7 +110,7 @@ def embedded(settings: BaseVR1Settings | None = None) -> Embedded:
         artifact_uri=settings.resolved_artifact_uri,
         redis_url="",  # the run writes its messages to the outbox too
     )
-    launcher = LocalLauncher(foreground=True)
+    launcher = LocalLauncher(foreground=True, terminal=verbose)
     tasks = {
         **captioner.tasks(db),
         **reasoner.tasks(db, store),
@@ -116,18 +119,11 @@ def embedded(settings: BaseVR1Settings | None = None) -> Embedded:
     return Embedded(settings, db, store, tasks, lambda: watcher.watch_once(db, launcher, training))
 
 
-def print_progress(platform: Embedded) -> MessageHook:
-    """A message hook that prints each job's progress after every handled message."""
-
-    def show(task_name: str, args: list[Any]) -> None:
-        with platform.db.session() as session:
-            job = session.get(Job, uuid.UUID(str(args[0])))
-            if job is None:
-                return
-            done = job.items_done + job.items_failed
-            sys.stderr.write(
-                f"[{job.kind} {str(job.id)[:8]}] {task_name}: {job.status}, "
-                f"{done}/{job.items_total} items settled ({job.items_failed} failed)\n"
-            )
-
-    return show
+def run_shown(
+    platform: Embedded, console: Console, spec: JobSpec, *, name: str | None = None, title: str = ""
+) -> Job:
+    """:meth:`Embedded.run` with the job's progress on ``console``; returns the finished job."""
+    job_id = platform.submit(spec, name=name)
+    with console.job(platform.db, platform.store, job_id, title or name or spec.kind) as follower:
+        platform.drain()
+        return follower.finish()

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from entrypoints import remote
 from shared.contracts.status import JobStatus
 from shared.settings import BaseVR1Settings
 
@@ -27,6 +28,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 app.add_typer(reward_app, name="reward")
 app.add_typer(dataset_app, name="dataset")
+app.add_typer(remote.datasets_app, name="datasets")
+app.add_typer(remote.jobs_app, name="jobs")
+app.add_typer(remote.artifacts_app, name="artifacts")
 
 
 class HttpRole(StrEnum):
@@ -39,6 +43,17 @@ class WorkerRole(StrEnum):
     reasoner = "reasoner"
     trainer = "trainer"
     reconciler = "reconciler"
+
+
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        envvar="VR1_VERBOSE",
+        help="Libraries' raw output (warnings, progress bars, training logs) on the screen "
+        "instead of a log file.",
+    ),
+]
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -182,20 +197,23 @@ def reward_score(reward: str = "hfrrf") -> None:
 def run(
     spec: Annotated[Path, typer.Argument(help="A job spec as JSON (the 'spec' of POST /v1/jobs).")],
     name: str | None = None,
+    verbose: Verbose = False,
 ) -> None:
     """Run a job in-process on embedded defaults (SQLite, local folder, no broker)."""
     from pydantic import ValidationError
 
-    from entrypoints.bootstrap import embedded, print_progress
+    from entrypoints.bootstrap import embedded, run_shown
+    from entrypoints.console import open_console
     from shared.contracts.specs import parse_spec
 
     try:
         parsed = parse_spec(json.loads(spec.read_text()))
     except (OSError, json.JSONDecodeError, ValidationError) as exc:
         _fail(f"cannot use {spec}: {exc}")
-    platform = embedded(BaseVR1Settings())
-    platform.on_message = print_progress(platform)
-    job = platform.run(parsed, name=name)
+    settings = BaseVR1Settings()
+    log = settings.home / "logs" / "run.log"
+    with open_console(log, verbose=verbose, level=settings.log_level) as console:
+        job = run_shown(embedded(settings, verbose=verbose), console, parsed, name=name)
     typer.echo(
         json.dumps(
             {"job_id": str(job.id), "status": job.status, "error": job.error, "output": job.output},
@@ -261,12 +279,19 @@ def demo(
         ".vr1/demo"
     ),
     seed: int = 0,
+    verbose: Verbose = False,
 ) -> None:
     """The main job on embedded defaults: what the platform can run end to end today."""
+    from entrypoints.console import open_console
     from entrypoints.demo import run_demo
+    from shared.errors import VR1Error
 
-    report = run_demo(out, seed=seed)
-    typer.echo(json.dumps(report, indent=2))
+    level = BaseVR1Settings().log_level
+    try:
+        with open_console(out / "logs" / "demo.log", verbose=verbose, level=level) as console:
+            run_demo(out, console, seed=seed)
+    except VR1Error as exc:
+        _fail(f"the demo stopped: {exc}", 1)
 
 
 def main() -> None:

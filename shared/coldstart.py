@@ -14,19 +14,26 @@ import json
 import logging
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.event import listen
 from sqlalchemy.orm import Session
 
+from shared import events
+from shared.contracts.api import FunnelOut
 from shared.contracts.specs import ColdstartSpec, EngineSpec, parse_spec
-from shared.contracts.status import RECORD_TERMINAL, JobStatus, RecordStatus
+from shared.contracts.status import RECORD_TERMINAL, JobStatus, RecordStatus, RecordStep
 from shared.db.models import GenerationCache, GenerationRecord, Item, Job, utcnow
 from shared.db.session import Database
 from shared.errors import InvalidInput, WrongJobKind
+from shared.events import ITEM_FAILURES_LOGGED, EventType
 from shared.jobs import add_counters, get_job
 
 # A record's step (RecordStep) says how far its item got; its status whether it is settled.
@@ -121,6 +128,14 @@ def cache_put(session: Session, step: str, outputs: dict[str, dict[str, Any]]) -
 Outcome = tuple[GenerationRecord, str, str | None, str | None]  # record, status, reason, error
 
 
+@dataclass(frozen=True)
+class _Failure:
+    item_id: uuid.UUID
+    step: str
+    reason: str | None
+    error: str | None
+
+
 def settle_many(session: Session, outcomes: Sequence[Outcome]) -> int:
     """Move records to terminal statuses, each once; progress counters follow those moves
     only.  One conditional UPDATE per distinct (status, reason, error), one for the job."""
@@ -130,23 +145,61 @@ def settle_many(session: Session, outcomes: Sequence[Outcome]) -> int:
             raise InvalidInput(f"{status!r} is not a settled record status", record=record.id)
         groups.setdefault((status, reason, error), []).append(record)
     deltas: dict[str, int] = {}
+    failures: list[_Failure] = []
     for (status, reason, error), records in groups.items():
-        moved = _rowcount(
-            session,
+        moved = session.execute(
             update(GenerationRecord)
             .where(
                 GenerationRecord.id.in_([r.id for r in records]),
                 GenerationRecord.status.not_in(RECORD_TERMINAL),
             )
-            .values(status=status, reject_reason=reason, error=error, updated_at=utcnow()),
-        )
+            .values(status=status, reject_reason=reason, error=error, updated_at=utcnow())
+            .returning(GenerationRecord.item_id, GenerationRecord.step)
+        ).all()
         counter = "items_failed" if status == RecordStatus.FAILED else "items_done"
-        deltas[counter] = deltas.get(counter, 0) + moved
+        deltas[counter] = deltas.get(counter, 0) + len(moved)
+        if status == RecordStatus.FAILED:
+            failures += [_Failure(item, step, reason, error) for item, step in moved]
         for record in records:
             session.expire(record)
     if any(deltas.values()):
-        add_counters(session, outcomes[0][0].job_id, **deltas)
+        job_id = outcomes[0][0].job_id
+        counts = add_counters(session, job_id, **deltas)
+        if failures:
+            _log_failures(session, job_id, failures, counts.get("items_failed", 0))
     return sum(deltas.values())
+
+
+def _log_failures(
+    session: Session, job_id: uuid.UUID, failures: list[_Failure], failed_now: int
+) -> None:
+    """``item.failed`` events for the job's first ``ITEM_FAILURES_LOGGED`` failed items; the
+    job's counter (just raised by ``failures``) numbers them, so concurrent chunks log
+    exactly that many between them and a job of a million bad items logs no more."""
+    first = failed_now - len(failures) + 1  # the number of this transaction's first failure
+    logged = failures[: max(0, ITEM_FAILURES_LOGGED - first + 1)]
+    query = select(Item.id, Item.idx).where(Item.id.in_([f.item_id for f in logged]))
+    places = {item: idx for item, idx in session.execute(query)} if logged else {}
+    for failure in logged:
+        idx = places.get(failure.item_id)
+        detail = (failure.error or failure.reason or "unknown error")[:300]
+        events.record(
+            session,
+            job_id,
+            EventType.ITEM_FAILED,
+            f"Item {idx} failed: {detail}",
+            level="warning",
+            item_id=str(failure.item_id),
+            idx=idx,
+            step=failure.step,
+            reason=failure.reason,
+        )
+    if first <= ITEM_FAILURES_LOGGED + 1 <= failed_now:  # this batch holds the first unlogged
+        message = (
+            f"{ITEM_FAILURES_LOGGED} item failures logged; later ones are only counted "
+            "(the job's items_failed)"
+        )
+        events.record(session, job_id, EventType.INFO, message)
 
 
 def settle(
@@ -199,7 +252,17 @@ def claim_completion(session: Session, job_id: uuid.UUID) -> bool:
         .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
         .values(status=JobStatus.SUCCEEDED, finished_at=utcnow()),
     )
+    if claimed:
+        # The assembly that follows may still fail the job (nothing kept): the outcome event
+        # is written as this transaction commits, with the outcome it settled on.
+        listen(session, "before_commit", partial(_record_outcome, job_id), once=True)
     return bool(claimed)
+
+
+def _record_outcome(job_id: uuid.UUID, session: Session) -> None:
+    job = session.get(Job, job_id)
+    if job is not None:
+        events.record_outcome(session, job)
 
 
 @contextmanager
@@ -233,3 +296,88 @@ def keeping_alive(
     finally:
         stop.set()
         thread.join()
+
+
+@dataclass(frozen=True)
+class RecordFilter:
+    status: str | None = None
+    reason: str | None = None
+
+
+def list_records(
+    session: Session, *, job: Job, filters: RecordFilter, limit: int, offset: int
+) -> tuple[list[tuple[GenerationRecord, Item]], int]:
+    """A page of a coldstart job's records with their items, in dataset order, and the total."""
+    query = (
+        select(GenerationRecord, Item)
+        .join(Item, Item.id == GenerationRecord.item_id)
+        .where(GenerationRecord.job_id == job.id)
+    )
+    if filters.status is not None:
+        query = query.where(GenerationRecord.status == filters.status)
+    if filters.reason is not None:
+        query = query.where(GenerationRecord.reject_reason == filters.reason)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.execute(query.order_by(Item.idx).limit(limit).offset(offset))
+    return [(record, item) for record, item in rows], total
+
+
+# How far each record step got, counted as the export's funnel counts it.
+_DEPTH: dict[str, int] = {step: depth for depth, step in enumerate(RecordStep)}
+
+
+def live_funnel(session: Session, job: Job) -> FunnelOut:
+    """How many items got how far and why the others stopped, counted by the database now
+    (the same figures as the funnel a finished job reports)."""
+    record = GenerationRecord
+    groups = session.execute(
+        select(
+            record.step,
+            record.status,
+            record.reject_reason,
+            func.count(),
+            func.count().filter(record.verdict.is_(True)),
+        )
+        .where(record.job_id == job.id)
+        .group_by(record.step, record.status, record.reject_reason)
+    ).all()
+    reached = Counter[int]()
+    by_status = {RecordStatus.REJECTED: Counter[str](), RecordStatus.FAILED: Counter[str]()}
+    kept = verified = 0
+    for step, status, reason, n, n_verified in groups:
+        reached[_DEPTH.get(step, 0)] += n
+        verified += n_verified
+        kept += n if status == RecordStatus.KEPT else 0
+        if status in by_status:
+            by_status[RecordStatus(status)][reason or "unknown"] += n
+    settled = kept + sum(by_status[RecordStatus.REJECTED].values())
+    settled += sum(by_status[RecordStatus.FAILED].values())
+    return FunnelOut(
+        items_in=job.items_total,
+        pending=job.items_total - settled,
+        captioned=sum(n for depth, n in reached.items() if depth >= 1),
+        described=sum(n for depth, n in reached.items() if depth >= 2),
+        reasoned=sum(n for depth, n in reached.items() if depth >= 3),
+        verified=verified,
+        kept=kept,
+        rejected=dict(by_status[RecordStatus.REJECTED]),
+        failed=dict(by_status[RecordStatus.FAILED]),
+        errors=_error_classes(session, job),
+    )
+
+
+def _error_classes(session: Session, job: Job) -> dict[str, int]:
+    """Failed items by error: its class where it names one (``class: details``), else its
+    first 80 characters."""
+    head = func.substr(GenerationRecord.error, 1, 80)
+    rows = session.execute(
+        select(head, func.count())
+        .where(GenerationRecord.job_id == job.id, GenerationRecord.status == RecordStatus.FAILED)
+        .where(GenerationRecord.error.is_not(None))
+        .group_by(head)
+    ).all()
+    classes = Counter[str]()
+    for text, n in rows:
+        name, sep, _details = text.partition(":")
+        classes[name if sep and name.isidentifier() else text] += n
+    return dict(classes)

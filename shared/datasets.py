@@ -215,6 +215,13 @@ def validate_file(request: DatasetCreate, path: Path) -> tuple[list[ParsedRow], 
     return rows, errors
 
 
+def ensure_name_free(session: Session, *, team: Team, name: str) -> None:
+    """Refuse a dataset name the team already uses (a 409)."""
+    taken = select(Dataset.id).where(Dataset.team_id == team.id, Dataset.name == name)
+    if session.scalar(taken) is not None:
+        raise Conflict(f"dataset {name!r} already exists", name=name)
+
+
 def register_dataset(
     session: Session,
     *,
@@ -224,9 +231,7 @@ def register_dataset(
     store: ArtifactStore,
 ) -> tuple[Dataset, list[RowError]]:
     """Validate and store a dataset; nothing is written unless it is accepted."""
-    taken = select(Dataset.id).where(Dataset.team_id == team.id, Dataset.name == request.name)
-    if session.scalar(taken) is not None:
-        raise Conflict(f"dataset {request.name!r} already exists", name=request.name)
+    ensure_name_free(session, team=team, name=request.name)
     path = resolve_import_path(request.path, roots)
     rows, errors = validate_file(request, path)
     if errors and request.on_error == "reject":

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from shared import events
 from shared.contracts import queues
 from shared.contracts.specs import (
     ColdstartSpec,
@@ -26,9 +27,20 @@ from shared.contracts.specs import (
     spec_warnings,
 )
 from shared.contracts.status import JOB_ACTIVE, JOB_TERMINAL, JobStatus
-from shared.db.models import Dataset, Item, Job, Metric, Stage, Team, utcnow
+from shared.db.models import (
+    Dataset,
+    EvalResult,
+    Item,
+    Job,
+    Metric,
+    RolloutSample,
+    Stage,
+    Team,
+    utcnow,
+)
 from shared.db.session import enqueue_after_commit
 from shared.errors import Conflict, InvalidInput, JobNotFound
+from shared.events import EventType
 from shared.teams import load_owned
 
 
@@ -85,6 +97,16 @@ def create_job(
     )
     session.add(job)
     session.flush()
+    parent_id = str(parent.id) if parent else None
+    events.record(
+        session,
+        job.id,
+        EventType.CREATED,
+        f"Created {spec.kind} job {job.name!r}",
+        kind=spec.kind,
+        name=job.name,
+        parent_id=parent_id,
+    )
     start_job(session, job, spec)
     return job
 
@@ -133,12 +155,18 @@ def _same_submission(job: Job, spec: JobSpec) -> Job:
 def start_job(session: Session, job: Job, spec: JobSpec | None = None) -> None:
     """Register the first messages of a job, by kind."""
     spec = spec or parse_spec(job.spec)
+    queued: dict[str, Any]
     if isinstance(spec, ColdstartSpec):
         _plan_coldstart(session, job, spec)
+        message = f"Queued {job.chunks_total} chunks ({job.items_total} items)"
+        queued = {"chunks": job.chunks_total, "items": job.items_total}
     elif isinstance(spec, PipelineSpec):
         enqueue_after_commit(session, queues.JOB_ADVANCE, [str(job.id)])
+        message, queued = "Queued: the pipeline starts its first step", {"work": "advance"}
     else:
         enqueue_after_commit(session, queues.TRAIN_LAUNCH, [str(job.id)])
+        message, queued = "Queued for a training launch", {"work": "launch"}
+    events.record(session, job.id, EventType.QUEUED, message, **queued)
 
 
 def coldstart_item_ids(session: Session, spec: ColdstartSpec) -> list[str]:
@@ -185,13 +213,20 @@ def is_active(job: Job) -> bool:
     return not job.cancel_requested and job.status in JOB_ACTIVE
 
 
-def mark_running(session: Session, job_id: uuid.UUID) -> None:
-    """queued → running, once, whoever starts first."""
-    session.execute(
+def mark_running(
+    session: Session, job_id: uuid.UUID, message: str = "Job started", **data: Any
+) -> bool:
+    """queued → running, once, whoever starts first; True (and a ``started`` event) for
+    the caller that moved it."""
+    result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
         .values(status=JobStatus.RUNNING, started_at=utcnow())
     )
+    moved = bool(cast(CursorResult[Any], result).rowcount)
+    if moved:
+        events.record(session, job_id, EventType.STARTED, message, **data)
+    return moved
 
 
 def finish_job(
@@ -209,6 +244,7 @@ def finish_job(
         job.status, job.finished_at, job.error = status, utcnow(), error
         if output is not None:
             job.output = output
+        events.record_outcome(session, job)
     notify_parent(session, job)
     return settled
 
@@ -248,6 +284,7 @@ def cancel_job(session: Session, *, job: Job) -> Job:
     job.cancel_requested = True
     job.status = JobStatus.CANCELLED
     job.finished_at = utcnow()
+    events.record_outcome(session, job)
     return job
 
 
@@ -275,7 +312,67 @@ def list_metrics(session: Session, *, job: Job, filters: MetricFilter) -> list[M
     return list(session.scalars(query))
 
 
-def add_counters(session: Session, job_id: uuid.UUID, **deltas: int) -> None:
-    """Atomically add to a job's integer progress columns."""
-    values: dict[str, Any] = {name: getattr(Job, name) + delta for name, delta in deltas.items()}
-    session.execute(update(Job).where(Job.id == job_id).values(**values))
+def add_counters(session: Session, job_id: uuid.UUID, **deltas: int) -> dict[str, int]:
+    """Atomically add to a job's integer progress columns; their new values (the row lock
+    orders concurrent callers, so each sees the counts its own addition made)."""
+    names = list(deltas)
+    values: dict[str, Any] = {name: getattr(Job, name) + deltas[name] for name in names}
+    statement = update(Job).where(Job.id == job_id).values(**values)
+    row = session.execute(statement.returning(*(getattr(Job, name) for name in names)))
+    found = row.one_or_none()
+    return {} if found is None else dict(zip(names, (int(v) for v in found), strict=True))
+
+
+def require_kind(job: Job, *kinds: str, what: str) -> None:
+    """Refuse a request for something only jobs of ``kinds`` have."""
+    if job.kind not in kinds:
+        raise Conflict(
+            f"job {job.id} is a {job.kind} job; {what} belong to {' and '.join(kinds)} jobs",
+            job_id=str(job.id),
+            kind=job.kind,
+        )
+
+
+@dataclass(frozen=True)
+class SampleFilter:
+    stage: int | None = None
+    step: int | None = None
+
+
+def list_samples(
+    session: Session, *, job: Job, filters: SampleFilter, limit: int, offset: int
+) -> tuple[list[RolloutSample], int]:
+    """A page of a GRPO job's kept completions by stage, step and place, and the total."""
+    query = select(RolloutSample).where(RolloutSample.job_id == job.id)
+    if filters.stage is not None:
+        query = query.where(RolloutSample.stage_idx == filters.stage)
+    if filters.step is not None:
+        query = query.where(RolloutSample.step == filters.step)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    order = (RolloutSample.stage_idx, RolloutSample.step, RolloutSample.idx)
+    return list(session.scalars(query.order_by(*order).limit(limit).offset(offset))), total
+
+
+@dataclass(frozen=True)
+class ResultFilter:
+    dataset_id: uuid.UUID | None = None
+    correct: bool | None = None
+
+
+def list_results(
+    session: Session, *, job: Job, filters: ResultFilter, limit: int, offset: int
+) -> tuple[list[tuple[EvalResult, Item]], int]:
+    """A page of an eval job's per-item outcomes with their items, and the total."""
+    query = (
+        select(EvalResult, Item)
+        .join(Item, Item.id == EvalResult.item_id)
+        .where(EvalResult.job_id == job.id)
+    )
+    if filters.dataset_id is not None:
+        query = query.where(EvalResult.dataset_id == filters.dataset_id)
+    if filters.correct is not None:
+        query = query.where(EvalResult.correct == filters.correct)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    order = (EvalResult.dataset_id, Item.idx, EvalResult.label)
+    rows = session.execute(query.order_by(*order).limit(limit).offset(offset))
+    return [(result, item) for result, item in rows], total

@@ -9,12 +9,13 @@ Calling it twice does no harm: the parent row is locked while it decides.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared import jobs
+from shared import events, jobs
 from shared.contracts.specs import (
     ColdstartSpec,
     EvalSpec,
@@ -27,8 +28,14 @@ from shared.contracts.specs import (
 from shared.contracts.status import JOB_ACTIVE, JOB_TERMINAL, JobStatus
 from shared.db.models import Job, Team, utcnow
 from shared.errors import TeamNotFound, WrongJobKind
+from shared.events import EventType
 
 ORDER = ("coldstart", "sft", "grpo", "eval")
+
+
+def planned_kinds(eval_dataset_ids: Sequence[object]) -> list[str]:
+    """The children a pipeline runs, in order: eval only when it names eval datasets."""
+    return [kind for kind in ORDER if kind != "eval" or eval_dataset_ids]
 
 
 def child_spec(kind: str, spec: PipelineSpec, done: dict[str, Job]) -> JobSpec:
@@ -51,9 +58,12 @@ def child_spec(kind: str, spec: PipelineSpec, done: dict[str, Job]) -> JobSpec:
     )
 
 
-def _settle(parent: Job, status: JobStatus, error: str | None, output: dict[str, Any]) -> None:
+def _settle(
+    session: Session, parent: Job, status: JobStatus, error: str | None, output: dict[str, Any]
+) -> None:
     parent.status, parent.error, parent.finished_at = status, error, utcnow()
     parent.output = {**parent.output, **output}
+    events.record_outcome(session, parent)
 
 
 def advance(session: Session, parent_id: uuid.UUID | str) -> None:
@@ -67,7 +77,8 @@ def advance(session: Session, parent_id: uuid.UUID | str) -> None:
     children = {c.kind: c for c in session.scalars(select(Job).where(Job.parent_id == parent.id))}
     if parent.status == JobStatus.QUEUED:
         parent.status, parent.started_at = JobStatus.RUNNING, utcnow()
-    steps = [k for k in ORDER if k != "eval" or spec.eval_dataset_ids]
+        events.record(session, parent.id, EventType.STARTED, "Pipeline started")
+    steps = planned_kinds(spec.eval_dataset_ids)
     done: dict[str, Job] = {}
     for kind in steps:
         child = children.get(kind)
@@ -83,6 +94,15 @@ def advance(session: Session, parent_id: uuid.UUID | str) -> None:
                 parent=parent,
             )
             parent.output = {**parent.output, f"{kind}_job_id": str(new.id)}
+            message = f"Created the {kind} step as job {str(new.id)[:8]}"
+            events.record(
+                session,
+                parent.id,
+                EventType.CHILD_CREATED,
+                message,
+                child_id=str(new.id),
+                kind=kind,
+            )
             return
         if child.status in JOB_ACTIVE:
             return
@@ -90,11 +110,13 @@ def advance(session: Session, parent_id: uuid.UUID | str) -> None:
             status = (
                 JobStatus.CANCELLED if child.status == JobStatus.CANCELLED else JobStatus.FAILED
             )
-            _settle(parent, status, f"{kind} step {child.status}: {child.error or ''}".strip(), {})
+            error = f"{kind} step {child.status}: {child.error or ''}".strip()
+            _settle(session, parent, status, error, {})
             return
         done[kind] = child
     final = done[steps[-1]].output
     _settle(
+        session,
         parent,
         JobStatus.SUCCEEDED,
         None,

@@ -37,12 +37,14 @@ from typing import Any
 from sqlalchemy import exists, func, select, text, update
 from sqlalchemy.orm import Session
 
+from shared import events
 from shared.coldstart import ensure_records
 from shared.contracts import queues
 from shared.contracts.specs import ColdstartSpec, parse_spec
 from shared.contracts.status import JOB_ACTIVE, RECORD_TERMINAL, RecordStep
 from shared.db.models import GenerationRecord, Job, Run, utcnow
 from shared.db.session import Database, enqueue_after_commit
+from shared.events import EventType
 from shared.jobs import chunked, coldstart_item_ids
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,11 @@ class Resent:
         self.items += items
         self.messages += 1
         self.jobs.add(str(job_id))
+
+
+def _tell(session: Session, job: Job, message: str, **what: Any) -> None:
+    """Say in the job's log what was sent again (in the transaction that sends it)."""
+    events.record(session, job.id, EventType.RETRIED, message, level="warning", **what)
 
 
 def sweep(db: Database, in_flight: InFlight, *, stale_after_s: float) -> Resent:
@@ -169,14 +176,19 @@ def _coldstart(
             .where(GenerationRecord.item_id.in_([uuid.UUID(i) for i in ids]))
             .values(updated_at=utcnow())
         )
-        for chunk in chunked(ids, spec.chunk_size):
+        chunks = chunked(ids, spec.chunk_size)
+        for chunk in chunks:
             enqueue_after_commit(session, task, [str(job.id), chunk])
             resent.count(job.id, len(chunk))
+        message = f"Resent {len(ids)} lost items in {len(chunks)} messages to {task}"
+        _tell(session, job, message, task=task, items=len(ids), messages=len(chunks))
     finishing = (queues.REASON_BATCH, str(job.id)) in in_flight.jobs
     if unsettled <= 0 and job.items_total and not finishing and _quiet_since(job, stale_before):
         # Every item is settled but the job did not finish: the reasoner assembles it.
         enqueue_after_commit(session, queues.REASON_BATCH, [str(job.id), []])
         resent.count(job.id)
+        message = "Every item is settled: resent the message that finishes the job"
+        _tell(session, job, message, task=queues.REASON_BATCH, items=0, messages=1)
 
 
 def _quiet_since(job: Job, stale_before: datetime) -> bool:
@@ -195,6 +207,8 @@ def _training(
     if not launched:
         enqueue_after_commit(session, queues.TRAIN_LAUNCH, [str(job.id)])
         resent.count(job.id)
+        message = "The launch was lost: sent it again"
+        _tell(session, job, message, task=queues.TRAIN_LAUNCH, items=0, messages=1)
 
 
 def _pipeline(
@@ -209,6 +223,8 @@ def _pipeline(
     if _aware(last) < stale_before:
         enqueue_after_commit(session, queues.JOB_ADVANCE, [str(job.id)])
         resent.count(job.id)
+        message = "The pipeline did not move on: sent its next step again"
+        _tell(session, job, message, task=queues.JOB_ADVANCE, items=0, messages=1)
 
 
 # --- what is in flight ------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import IO, Any
 import pyarrow.parquet as pq
 from fastapi.testclient import TestClient
 
+from shared.db.session import Database
 from tests.helpers import served_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -267,3 +268,26 @@ def coldstart_spec(teachers: dict[str, Path], dataset_id: str, chunk_size: int) 
         "chunk_size": chunk_size,
         "output_name": "toy-cold",
     }
+
+
+def gateway_app(
+    database_url: str, redis_url: str, artifact_uri: str, data: Path
+) -> tuple[Any, Database, str]:
+    """A gateway app on this database and broker (datasets imported from ``data``), and
+    an API key of its one team "vision"."""
+    from services.gateway.app import create_app
+    from services.gateway.settings import GatewaySettings
+    from shared import teams
+
+    settings = GatewaySettings(
+        database_url=database_url,
+        redis_url=redis_url,
+        artifact_uri=artifact_uri,
+        import_roots=[data],
+    )
+    app = create_app(settings)
+    db: Database = app.state.context.db
+    with db.session() as session:
+        team = teams.create_team(session, name="vision")
+        key = teams.create_key(session, team=team).secret
+    return app, db, key

@@ -19,6 +19,7 @@ from PIL import Image
 if TYPE_CHECKING:
     from entrypoints.bootstrap import Embedded
     from shared.cold_data import ColdSample
+    from shared.contracts.specs import GrpoSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -175,18 +176,39 @@ def served_model(
                 server.wait(timeout=15)
 
 
-def _wait_healthy(base: str, server: subprocess.Popen[bytes], timeout_s: float) -> None:
+def _wait_healthy(
+    base: str, server: subprocess.Popen[bytes], timeout_s: float, path: str = "/health"
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise AssertionError(f"transformers serve exited early with code {server.returncode}")
+            raise AssertionError(f"{server.args!r} exited early with code {server.returncode}")
         try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{base}{path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
-    raise AssertionError(f"transformers serve did not become healthy within {timeout_s:.0f} s")
+        time.sleep(0.2)
+    raise AssertionError(f"{server.args!r} did not become healthy within {timeout_s:.0f} s")
+
+
+@contextmanager
+def served_gateway(
+    env: Mapping[str, str], log: Path, *, timeout_s: float = 60.0
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``vr1 serve gateway`` in its own process with ``env`` (settings and ``VR1_PORT``) on
+    top of this one's, once healthy: its base URL and process; stopped afterwards."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **env}
+    command = [sys.executable, "-m", "entrypoints.cli", "serve", "gateway"]
+    with log.open("wb") as out:
+        server = subprocess.Popen(command, env=environment, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            base = f"http://127.0.0.1:{environment['VR1_PORT']}"
+            _wait_healthy(base, server, timeout_s, "/healthz")
+            yield base, server
+        finally:
+            server.terminate()
+            server.wait(timeout=15)
 
 
 @contextmanager
@@ -247,3 +269,82 @@ def training_toy(platform: Embedded, folder: Path) -> dict[str, Any]:
         )
         rl_id = str(rl.id)
     return {"student": build_tiny_vlm(folder / "student", seed=0), "cold": cold_id, "rl": rl_id}
+
+
+def two_stage_grpo_spec(
+    toy: dict[str, Any], model: str, steps: int = 4, processes: int = 1
+) -> GrpoSpec:
+    """A two-stage PTST spec on ``training_toy``'s RL set: 16 tokens x 4, then 32 x 2."""
+    from shared.contracts.specs import GrpoSpec, StageSpec
+
+    return GrpoSpec(
+        distributed={"num_processes": processes},
+        model=model,
+        dataset_id=toy["rl"],
+        stages=[
+            StageSpec(max_completion_tokens=16, group_size=4, steps=steps, prompts_per_step=2),
+            StageSpec(max_completion_tokens=32, group_size=2, steps=steps, prompts_per_step=4),
+        ],
+        learning_rate=1e-4,
+        beta=0.0,
+    )
+
+
+def pipeline_toy_files(data: Path, teachers: dict[str, Path]) -> None:
+    """The small pipeline's files in ``data``: 4 source rows, 32 RL prompts, 8 eval rows
+    of the stand-in teachers' toy world with their images, and a fresh student."""
+    import json
+    import shutil
+
+    from shared.fixtures.tiny import build_tiny_vlm
+    from shared.fixtures.toy import read_rows
+
+    toy = teachers["toy"]
+    train, test = read_rows(toy / "train.jsonl"), read_rows(toy / "test.jsonl")
+    shutil.copytree(toy / "images", data / "images")  # a symlink would leave the root
+    for name, rows in (("source", train[:4]), ("rl", train[:32]), ("test", test[:8])):
+        (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_tiny_vlm(data / "student", seed=0)
+
+
+def small_pipeline_spec(
+    data: Path, ids: dict[str, str], teachers: dict[str, Path], **grpo: Any
+) -> dict[str, Any]:
+    """A whole pipeline in a minute on a CPU over ``pipeline_toy_files``: coldstart with the
+    stand-in teachers, 20 SFT steps, GRPO in two PTST stages of 3 steps, eval of 8 items."""
+    engine = {
+        "engine": "transformers",
+        "device": "cpu",
+        "generation": {"max_new_tokens": 128, "temperature": 0},
+    }
+    return {
+        "kind": "pipeline",
+        "base_model": str(data / "student"),
+        "source_dataset_id": ids["source"],
+        "rl_dataset_id": ids["rl"],
+        "eval_dataset_ids": [ids["test"]],
+        "coldstart": {
+            "captioner": {**engine, "model": str(teachers["describer"])},
+            "reasoner": {**engine, "model": str(teachers["reasoner"])},
+            "chunk_size": 2,
+        },
+        "sft": {
+            "learning_rate": 1e-3,
+            "lr_scheduler": "constant",
+            "warmup_ratio": 0,
+            "max_steps": 20,
+            "max_length": 512,
+            "global_batch_size": 4,
+            "per_device_batch_size": 4,
+        },
+        "grpo": {
+            "stages": [
+                {"max_completion_tokens": 32, "group_size": 4, "steps": 3, "prompts_per_step": 2},
+                {"max_completion_tokens": 64, "group_size": 2, "steps": 3, "prompts_per_step": 4},
+            ],
+            "learning_rate": 1e-4,
+            "beta": 0.0,
+            **grpo,
+        },
+        "eval": {"max_new_tokens": 48, "max_tries": 2, "limit": 8},
+    }

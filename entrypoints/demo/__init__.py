@@ -5,7 +5,8 @@
 3. a ``pipeline`` job runs coldstart (those teachers) → SFT of a fresh student on the
    kept samples → GRPO in two compute-matched PTST stages → eval;
 4. ``eval`` jobs measure the student before SFT, after SFT and after each stage;
-5. ``report.json`` and ``report.md`` (with a reward / length plot) are written.
+5. ``report.json`` and ``report.md`` (with a reward / length plot) are written, and the
+   command to look at the jobs in the dashboard is printed.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from entrypoints.bootstrap import Embedded, embedded, print_progress
+from entrypoints.bootstrap import Embedded, embedded, run_shown
+from entrypoints.console import Console, shown_path
+from entrypoints.demo.dashboard import dashboard
 from entrypoints.demo.report import markdown, plot_stages
 from entrypoints.demo.teachers import describer_rows, reasoner_rows, register_teacher_data
 from shared.cold_data import ColdSample
@@ -67,11 +69,6 @@ class DemoConfig:
     torch_threads: int = 1
 
 
-def _say(message: str) -> None:
-    sys.stderr.write(f"==> {message}\n")
-    sys.stderr.flush()
-
-
 def _fast_sft(config: DemoConfig, steps: int, *, freeze_vision: bool) -> SftOptions:
     return SftOptions(
         learning_rate=config.sft_learning_rate,
@@ -108,8 +105,8 @@ def _teacher_data(platform: Embedded, name: str, samples: list[ColdSample]) -> s
         )
 
 
-def _run(platform: Embedded, spec: Any, name: str) -> Job:
-    job = platform.run(spec, name=name)
+def _run(platform: Embedded, console: Console, spec: Any, name: str) -> Job:
+    job = run_shown(platform, console, spec, name=name)
     if job.status != JobStatus.SUCCEEDED:
         raise VR1Error(f"demo step {name} ended {job.status}: {job.error}", job_id=str(job.id))
     return job
@@ -131,12 +128,14 @@ def _one_per_answer(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 
 def run_demo(
     out: Path,
+    console: Console,
     *,
     seed: int = 0,
     settings: BaseVR1Settings | None = None,
     config: DemoConfig | None = None,
 ) -> dict[str, Any]:
-    """Run the demo into ``out``; returns the report (also written to ``out/report.json``)."""
+    """Run the demo into ``out``, showing it on ``console``; returns the report (also
+    written to ``out/report.json``)."""
     from shared.fixtures.tiny import build_tiny_text_lm, build_tiny_vlm
 
     config = config or DemoConfig()
@@ -144,30 +143,30 @@ def run_demo(
     os.environ.setdefault("VR1_TORCH_THREADS", str(config.torch_threads))
     out = out.resolve()
     shutil.rmtree(out / "platform", ignore_errors=True)
-    platform = embedded(settings or BaseVR1Settings(home=out / "platform"))
-    platform.on_message = print_progress(platform)
+    platform = embedded(settings or BaseVR1Settings(home=out / "platform"), verbose=console.verbose)
 
-    _say("toy world (shape colours) and tiny models, built offline")
-    toy = generate_toy_dataset(
-        out / "data",
-        seed=seed,
-        n_train=config.n_train,
-        n_test=config.n_test,
-        tasks=["shape_colour"],
-    )
-    train, test = read_rows(toy.train_path), read_rows(toy.test_path)
-    models = out / "models"
-    teacher_vlm = build_tiny_vlm(models / "teacher-describer", seed=seed + 1)
-    teacher_lm = build_tiny_text_lm(models / "teacher-reasoner", seed=seed + 2, size="teacher")
-    student = build_tiny_vlm(models / "student", seed=seed)
+    with console.phase("toy world (shape colours) and tiny models, built offline") as phase:
+        toy = generate_toy_dataset(
+            out / "data",
+            seed=seed,
+            n_train=config.n_train,
+            n_test=config.n_test,
+            tasks=["shape_colour"],
+        )
+        train, test = read_rows(toy.train_path), read_rows(toy.test_path)
+        models = out / "models"
+        teacher_vlm = build_tiny_vlm(models / "teacher-describer", seed=seed + 1)
+        teacher_lm = build_tiny_text_lm(models / "teacher-reasoner", seed=seed + 2, size="teacher")
+        student = build_tiny_vlm(models / "student", seed=seed)
 
-    source = _register(
-        platform, "toy-source", "source", _one_per_answer(train, config.n_cold), toy.root
-    )
-    rl_set = _register(platform, "toy-rl", "rl", train, toy.root)
-    test_set = _register(platform, "toy-test", "eval", test, toy.root)
+        source = _register(
+            platform, "toy-source", "source", _one_per_answer(train, config.n_cold), toy.root
+        )
+        rl_set = _register(platform, "toy-rl", "rl", train, toy.root)
+        test_set = _register(platform, "toy-test", "eval", test, toy.root)
+        phase.figures = f"{len(train)} train / {len(test)} test items, 3 tiny models"
 
-    _say("stand-in teachers: sft jobs on the toy reference texts (not real teacher models)")
+    console.say("stand-in teachers: sft jobs on the toy reference texts (not real teachers)")
     describer_data = _teacher_data(
         platform, "stand-in-describer-data", describer_rows(train, toy.root)
     )
@@ -177,6 +176,7 @@ def run_demo(
     reasoner_opts = _fast_sft(config, config.reasoner_steps, freeze_vision=False)
     describer = _run(
         platform,
+        console,
         SftSpec(
             model=str(teacher_vlm),
             dataset_id=describer_data,
@@ -186,6 +186,7 @@ def run_demo(
     )
     reasoner = _run(
         platform,
+        console,
         SftSpec(
             model=str(teacher_lm),
             dataset_id=reasoner_data,
@@ -196,14 +197,13 @@ def run_demo(
 
     greedy = GenerationParams(max_new_tokens=128, temperature=0.0)
     eval_opts = EvalOptions(max_new_tokens=config.eval_max_new_tokens, batch_size=64, seed=seed)
-    _say("the student before any training: eval job")
     base = _run(
         platform,
+        console,
         EvalSpec(model=str(student), dataset_ids=[test_set], **eval_opts.model_dump()),
         "eval base student",
     )
 
-    _say("pipeline job: coldstart -> sft -> grpo (PTST) -> eval")
     pipeline = PipelineSpec(
         base_model=str(student),
         source_dataset_id=source,
@@ -230,8 +230,12 @@ def run_demo(
         ),
         eval=eval_opts,
     )
-    parent = _run(platform, pipeline, "toy pipeline")
-    return _report(platform, out, parent, base, eval_opts, test_set, config)
+    console.say("pipeline job: coldstart → sft → grpo (PTST) → eval")
+    parent = _run(platform, console, pipeline, "toy pipeline")
+    report = _report(platform, console, out, parent, base, eval_opts, test_set, config)
+    for line in dashboard(platform).lines():
+        console.say(line)
+    return report
 
 
 def _children(platform: Embedded, parent: Job) -> dict[str, Job]:
@@ -242,6 +246,7 @@ def _children(platform: Embedded, parent: Job) -> dict[str, Job]:
 
 def _report(
     platform: Embedded,
+    console: Console,
     out: Path,
     parent: Job,
     base: Job,
@@ -256,10 +261,10 @@ def _report(
             session.scalars(select(Stage).where(Stage.job_id == grpo.id).order_by(Stage.idx))
         )
         metrics = list(session.scalars(select(Metric).where(Metric.job_id == grpo.id)))
-    _say("eval jobs after SFT and after each PTST stage")
     sft_ckpt = children["sft"].output["checkpoint_uri"]
     after_sft = _run(
         platform,
+        console,
         EvalSpec(model=sft_ckpt, dataset_ids=[test_set], **eval_opts.model_dump()),
         "eval after sft",
     )
@@ -268,6 +273,7 @@ def _report(
         _accuracy(
             _run(
                 platform,
+                console,
                 EvalSpec(
                     model=s.checkpoint_uri or "", dataset_ids=[test_set], **eval_opts.model_dump()
                 ),
@@ -304,7 +310,13 @@ def _report(
     extra = {"pipeline_job": str(parent.id), **{k: str(v.id) for k, v in children.items()}}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(markdown(report, extra, "grpo_stages.png" if plotted else None))
-    _say(f"report written to {out / 'report.json'} and {out / 'report.md'}")
+    evals = report["eval"]
+    accuracies = [evals["base"], evals["after_sft"], *evals["after_stages"]]
+    console.say(
+        "accuracy on the toy test split (base → sft → each grpo stage): "
+        + " → ".join(f"{a:.3f}" for a in accuracies)
+    )
+    console.say(f"report: {shown_path(out / 'report.md')} (and report.json)")
     return report
 
 

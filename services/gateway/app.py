@@ -15,7 +15,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from services.gateway import routes_artifacts, routes_datasets, routes_jobs
+from services.gateway import routes_artifacts, routes_datasets, routes_items, routes_jobs
+from services.gateway.dashboard import mount_dashboard
 from services.gateway.deps import Context, check_query
 from services.gateway.settings import GatewaySettings
 from shared.contracts.api import ErrorOut, Health
@@ -138,6 +139,8 @@ def create_app(
     app.include_router(routes_datasets.router)
     app.include_router(routes_jobs.router)
     app.include_router(routes_artifacts.router)
+    app.include_router(routes_items.router)
+    mount_dashboard(app)
     return app
 
 

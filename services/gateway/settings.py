@@ -19,6 +19,12 @@ class GatewaySettings(BaseVR1Settings):
         description="Folders dataset files may be registered from; empty = <home>/data.",
     )
     max_page_size: int = 500
+    max_upload_bytes: int = Field(
+        default=20 * 2**30,
+        ge=1,
+        description="Largest dataset upload (the request body; an archive's unpacked files "
+        "too); larger ones are refused with a 413.",
+    )
     visibility_timeout_s: int = 1800
 
     def resolved_import_roots(self) -> list[Path]:

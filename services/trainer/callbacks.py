@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from services.trainer.reporting import tracker_arguments
 from shared.errors import InvalidInput, VR1Error
 
 LogFn = Callable[[int, dict[str, float]], None]
@@ -25,22 +26,28 @@ StopFn = Callable[[], bool]
 
 
 def run_arguments(
-    seed: int, checkpoint_every: int | None, deepspeed_config: str | None = None
+    seed: int,
+    checkpoint_every: int | None,
+    deepspeed_config: str | None = None,
+    *,
+    report_to: Sequence[str] = (),
+    run_name: str = "",
 ) -> dict[str, Any]:
     """TRL arguments every platform run sets alike: seeds, a log per step for the metrics,
-    checkpoints every N steps (to resume), no reporting or progress bars, activation
-    checkpointing and pinned memory only on a GPU (on a CPU they only cost time), and the
-    job's DeepSpeed config (ZeRO stage, offload) when it names one."""
+    checkpoints every N steps (to resume), the job's experiment trackers (none unless it
+    names some), no progress bars, activation checkpointing and pinned memory only on a GPU
+    (on a CPU they only cost time), and the job's DeepSpeed config (ZeRO stage, offload)
+    when it names one."""
     on_gpu = torch.cuda.is_available()
     extra = {"deepspeed": deepspeed_settings(deepspeed_config)} if deepspeed_config else {}
     return {
         **extra,
+        **tracker_arguments(report_to, run_name),
         "seed": seed,
         "data_seed": seed,
         "logging_steps": 1,
         "save_strategy": "steps" if checkpoint_every else "no",
         "save_steps": checkpoint_every or 500,
-        "report_to": "none",
         "disable_tqdm": True,
         CHECKPOINTING: on_gpu,
         "dataloader_pin_memory": on_gpu,
@@ -116,6 +123,19 @@ class StepTimer(TrainerCallback):  # type: ignore[misc]
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
         self.last_step_s = time.perf_counter() - self._start
+
+
+class ReportPlan(TrainerCallback):  # type: ignore[misc]
+    """Hand the run's planned step count to ``sink`` when training begins: the trainer works
+    it out from the epochs, the data and the batch when no ``max_steps`` is set."""
+
+    def __init__(self, sink: Callable[[int], None]) -> None:
+        self.sink = sink
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self.sink(state.max_steps)
 
 
 class ForwardLogs(TrainerCallback):  # type: ignore[misc]

@@ -125,7 +125,8 @@ def prompt_messages(
 def grpo_records(
     rows: Sequence[PromptRow], *, vision: bool, system_prompt: str | None = None
 ) -> list[dict[str, Any]]:
-    """GRPO prompt records: ``prompt`` messages, ``images`` (PIL) and the gold ``answer``."""
+    """GRPO prompt records: ``prompt`` messages, ``images`` (PIL), the gold ``answer`` and
+    the ``item_id`` (TRL hands both columns to the reward functions)."""
     records = []
     for row in rows:
         if row.images and not vision:
@@ -133,6 +134,7 @@ def grpo_records(
         record: dict[str, Any] = {
             "prompt": prompt_messages(row, vision=vision, system_prompt=system_prompt),
             "answer": row.answer,
+            "item_id": row.id,
         }
         if vision:
             record["images"] = [open_image(p) for p in row.images]

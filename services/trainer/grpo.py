@@ -4,7 +4,8 @@ TRL cannot change the completion cap or the group size inside a run, so Progress
 Thinking Suppression Training is a sequence of these calls, each with its own cap
 (``max_completion_tokens``), group size and step count; the caller passes the previous
 stage's ``final`` folder as ``model_dir``.  Per step, ``on_step`` receives what the
-completions looked like (from a zero-weight recording reward) with the loss and KL.
+completions looked like (from a zero-weight recording reward) with the loss and KL, and
+``on_samples`` (just before) a few of the completions themselves.
 """
 
 from __future__ import annotations
@@ -42,14 +43,14 @@ from services.trainer.models import (
     save_policy,
     vision_token_ids,
 )
-from services.trainer.rollouts import RolloutRecorder
+from services.trainer.rollouts import Paid, RewardFn, RolloutRecorder, Sample
 from shared.contracts.specs import GrpoOptions, StageSpec
 from shared.engines.vllm_cpu_compat import keep_cpu_weights_updatable
 from shared.errors import InvalidInput
 from shared.rewards import Scorer, default_scorer
 
 log = logging.getLogger(__name__)
-RewardFn = Callable[..., list[float | None]]  # TRL's form: None means "no verdict"
+SamplesFn = Callable[[int, list[Sample]], None]
 # TRL's mean |log p| difference between vLLM's sampling and the policy on the same tokens:
 # near 0 when each step's weights reached vLLM, large when they did not.
 VLLM_LOGP_GAP = "sampling/sampling_logp_difference/mean"
@@ -100,6 +101,7 @@ def grpo_config(
     *,
     suppress: list[int],
     checkpoint_every: int | None,
+    run_name: str = "",
 ) -> GRPOConfig:
     """TRL settings for one stage: the stage's cap, group and overrides on the shared options."""
     _, completions = completions_per_step(stage, options)
@@ -131,18 +133,39 @@ def grpo_config(
         vllm_mode="colocate",  # the server mode's weight sync needs CUDA (NCCL)
         use_cpu=not on_gpu,
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        **run_arguments(options.seed, checkpoint_every, options.distributed.deepspeed_config),
+        **run_arguments(
+            options.seed,
+            checkpoint_every,
+            options.distributed.deepspeed_config,
+            report_to=options.report_to,
+            run_name=run_name,
+        ),
     )
 
 
 class StepMetrics(ForwardLogs):
-    """Join the recorder's rollout figures with TRL's reward, loss and KL for ``on_step``."""
+    """Join the recorder's rollout figures with TRL's reward, loss and KL for ``on_step``;
+    the step's kept samples go to ``on_samples`` just before."""
 
-    def __init__(self, sink: LogFn, recorder: RolloutRecorder, timer: StepTimer) -> None:
-        super().__init__(sink)
+    def __init__(
+        self,
+        sink: LogFn,
+        recorder: RolloutRecorder,
+        timer: StepTimer,
+        on_samples: SamplesFn | None = None,
+    ) -> None:
+        super().__init__(self._forward)
+        self.step_sink, self.on_samples = sink, on_samples
         self.recorder, self.timer = recorder, timer
+        self._samples: list[Sample] = []
+
+    def _forward(self, step: int, metrics: dict[str, float]) -> None:
+        if self.on_samples is not None:
+            self.on_samples(step, self._samples)
+        self.step_sink(step, metrics)
 
     def metrics(self, values: dict[str, float]) -> dict[str, float]:
+        self._samples = self.recorder.pop_samples()  # every process takes part, as in pop()
         metrics = {
             "reward_mean": values.get("reward", 0.0),
             **self.recorder.pop(),
@@ -168,8 +191,11 @@ def build_grpo_trainer(
     reward_funcs: list[RewardFn],
     scorer: Scorer | None = None,
     checkpoint_every: int | None = None,
+    run_name: str = "",
+    keep_samples: int = 0,
 ) -> tuple[GRPOTrainer, Policy, RolloutRecorder]:
-    """A GRPOTrainer for one stage, the policy it trains, and its rollout recorder."""
+    """A GRPOTrainer for one stage, the policy it trains, and its rollout recorder (which
+    keeps ``keep_samples`` completions per step, with the rewards the trainer paid)."""
     set_seed(options.seed)
     policy = load_policy(model_dir)
     if policy.vision and options.freeze_vision:
@@ -177,13 +203,21 @@ def build_grpo_trainer(
     records = grpo_records(prompts, vision=policy.vision, system_prompt=options.system_prompt)
     if options.max_prompt_length:
         records = within_prompt_length(records, policy, options.max_prompt_length)
-    recorder = RolloutRecorder(stage.max_completion_tokens, scorer or default_scorer())
+    if keep_samples:
+        reward_funcs = [Paid(fn) for fn in reward_funcs]
+    recorder = RolloutRecorder(
+        stage.max_completion_tokens,
+        scorer or default_scorer(),
+        keep=keep_samples,
+        paid=[fn for fn in reward_funcs if isinstance(fn, Paid)],
+    )
     args = grpo_config(
         stage,
         options,
         out_dir,
         suppress=vision_token_ids(policy),
         checkpoint_every=checkpoint_every,
+        run_name=run_name,
     )
     args.reward_weights = [1.0] * len(reward_funcs) + [0.0]  # the recorder only watches
     if args.use_vllm and not torch.cuda.is_available():
@@ -231,12 +265,15 @@ def run_grpo_stage(
     *,
     reward_funcs: list[RewardFn],
     on_step: LogFn | None = None,
+    on_samples: SamplesFn | None = None,
     should_stop: StopFn | None = None,
     resume_from: Path | None = None,
     checkpoint_every: int | None = None,
     scorer: Scorer | None = None,
+    run_name: str = "",
 ) -> Path:
     """Train one PTST stage from ``model_dir``; save to ``out_dir/final`` and return it."""
+    keep = options.samples_per_step if on_step is not None and on_samples is not None else 0
     trainer, policy, recorder = build_grpo_trainer(
         model_dir,
         prompts,
@@ -246,13 +283,15 @@ def run_grpo_stage(
         reward_funcs=reward_funcs,
         scorer=scorer,
         checkpoint_every=checkpoint_every,
+        run_name=run_name,
+        keep_samples=keep,
     )
     if resume_from is not None:
         restore_checkpoint_weights(trainer, policy.model, resume_from)
     timer = StepTimer()
     trainer.add_callback(timer)
     if on_step is not None:
-        trainer.add_callback(StepMetrics(on_step, recorder, timer))
+        trainer.add_callback(StepMetrics(on_step, recorder, timer, on_samples))
     stopper = StopWhenAsked(should_stop) if should_stop is not None else None
     if stopper is not None:
         trainer.add_callback(stopper)

@@ -118,14 +118,16 @@ class LocalLauncher:
     """Runs training as a child process group of this machine.
 
     In the foreground (embedded mode, which runs one thing at a time) ``launch`` returns
-    once the run has ended and the run writes to this process's terminal; otherwise it
-    returns at once and the run writes to its attempt's log file.
+    once the run has ended; otherwise it returns at once.  The run writes to its attempt's
+    log file (``<log_dir>/attempt-N.log``), or, with ``terminal``, to this process's own
+    output (raw output while debugging).
     """
 
     name = "local"
 
-    def __init__(self, *, foreground: bool = False) -> None:
+    def __init__(self, *, foreground: bool = False, terminal: bool = False) -> None:
         self.foreground = foreground
+        self.terminal = terminal
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     def launch(self, request: LaunchRequest) -> str:
@@ -151,7 +153,7 @@ class LocalLauncher:
     @contextmanager
     def _output(self, request: LaunchRequest) -> Iterator[IO[bytes] | int | None]:
         """Where the run writes: the terminal, its attempt's log, or nowhere."""
-        if self.foreground:
+        if self.terminal:
             yield None
         elif request.log_dir is None:
             yield subprocess.DEVNULL

@@ -18,11 +18,12 @@ from sqlalchemy import select
 from services.trainer.callbacks import TrainingStopped
 from services.trainer.grpo import run_grpo_stage
 from services.trainer.inputs import prompt_rows
+from services.trainer.reporting import run_name, save_tracker_files
 from services.trainer.settings import TrainerSettings
 from services.trainer.tracking import Tracker, latest_checkpoint
 from shared.contracts.specs import GrpoSpec, StageSpec
 from shared.contracts.status import StageStatus
-from shared.db.models import Metric, utcnow
+from shared.db.models import Metric
 from shared.storage import path_from_uri
 
 SUMMARY_KEYS = (
@@ -78,6 +79,7 @@ def run_grpo_job(tracker: Tracker, settings: TrainerSettings, spec: GrpoSpec) ->
     prompts = prompt_rows(tracker.db, tracker.store, spec.dataset_id)
     weights = path_from_uri(spec.model)
     funcs = reward_funcs(spec)
+    label = run_name(tracker)
     summaries = []
     checkpoint_uri: str | None = None
     for idx, stage in enumerate(spec.stages):
@@ -100,28 +102,26 @@ def run_grpo_job(tracker: Tracker, settings: TrainerSettings, spec: GrpoSpec) ->
                 out_dir,
                 reward_funcs=funcs,
                 on_step=partial(tracker.log, idx),
+                on_samples=partial(tracker.keep_samples, idx),
                 should_stop=tracker.should_stop,
                 resume_from=resume,
                 checkpoint_every=settings.checkpoint_every,
+                run_name=label,
             )
         except TrainingStopped as stopped:
             stopped_at = {"stopped_at_step": stopped.step}
-            tracker.update_stage(idx, status=StageStatus.CANCELLED, summary=stopped_at)
+            tracker.finish_stage(idx, StageStatus.CANCELLED, summary=stopped_at)
             raise
-        checkpoint_uri = tracker.save_artifact(
+        save_tracker_files(tracker, out_dir, idx)
+        checkpoint_uri = tracker.save_checkpoint(
             final,
             f"runs/{tracker.job_id}/checkpoints/stage-{idx}",
-            kind="checkpoint",
             name=stage_name(idx, stage),
-            stage=idx,
+            stage_idx=idx,
         )
         summary = {**summarize(tracker, idx), "initial_weights": str(weights)}
-        tracker.update_stage(
-            idx,
-            status=StageStatus.SUCCEEDED,
-            finished_at=utcnow(),
-            checkpoint_uri=checkpoint_uri,
-            summary=summary,
+        tracker.finish_stage(
+            idx, StageStatus.SUCCEEDED, checkpoint_uri=checkpoint_uri, summary=summary
         )
         summaries.append(summary)
         weights = path_from_uri(checkpoint_uri)  # the next stage starts from this one

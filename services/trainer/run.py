@@ -15,21 +15,32 @@ import sys
 import traceback
 import uuid
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
 
 from services.trainer.callbacks import TrainingStopped
 from services.trainer.evaluation import EvalItem, eval_engine_spec, evaluate
 from services.trainer.inputs import prompt_rows, sft_train_file
 from services.trainer.ptst import run_grpo_job
 from services.trainer.ranks import Ranks
+from services.trainer.reporting import run_name, save_tracker_files
 from services.trainer.settings import TrainerSettings
 from services.trainer.sft import run_sft
-from services.trainer.tracking import Heartbeat, Tracker, latest_checkpoint
+from services.trainer.tracking import (
+    Heartbeat,
+    Tracker,
+    fail_running_stages,
+    latest_checkpoint,
+)
+from shared import events
 from shared.contracts.specs import EvalSpec, GrpoSpec, JobSpec, SftSpec, parse_spec
 from shared.contracts.status import JobStatus, StageStatus
-from shared.db.models import Dataset, EvalResult, Job, utcnow
+from shared.db.models import Dataset, EvalResult, Job, Run
 from shared.db.session import Database, Dispatcher, outlasting
 from shared.engines import Engine, make_engine
 from shared.errors import VR1Error, WrongJobKind
+from shared.events import EventType
 from shared.jobs import finish_job, get_job, is_active, mark_running
 from shared.queue import CeleryDispatcher, make_celery
 from shared.storage import open_store, path_from_uri
@@ -50,14 +61,17 @@ def run_sft_job(tracker: Tracker, settings: TrainerSettings, spec: SftSpec) -> d
         out_dir,
         spec,
         on_log=lambda step, values: tracker.log(0, step, values),
+        on_plan=lambda steps: tracker.update_stage(0, summary={"steps": steps}),
         should_stop=tracker.should_stop,
         resume_from=resume,
         checkpoint_every=settings.checkpoint_every,
+        run_name=run_name(tracker),
     )
-    uri = tracker.save_artifact(
-        final, f"runs/{tracker.job_id}/checkpoints/sft", kind="checkpoint", name="sft"
+    save_tracker_files(tracker, out_dir, 0)
+    uri = tracker.save_checkpoint(
+        final, f"runs/{tracker.job_id}/checkpoints/sft", name="sft", stage_idx=0
     )
-    tracker.update_stage(0, status=StageStatus.SUCCEEDED, finished_at=utcnow(), checkpoint_uri=uri)
+    tracker.finish_stage(0, StageStatus.SUCCEEDED, checkpoint_uri=uri)
     return {"checkpoint_uri": uri}
 
 
@@ -70,9 +84,7 @@ def run_eval_job(tracker: Tracker, spec: EvalSpec) -> dict[str, object]:
         table = _eval_datasets(tracker, spec, engine)
     finally:
         engine.close()
-    tracker.update_stage(
-        0, status=StageStatus.SUCCEEDED, finished_at=utcnow(), summary={"table": table}
-    )
+    tracker.finish_stage(0, StageStatus.SUCCEEDED, summary={"table": table})
     return {"accuracy": table}
 
 
@@ -130,19 +142,30 @@ def _finish(
     def once() -> None:
         with db.session() as session:
             job = get_job(session, team=None, job_id=job_id)
-            finish_job(session, job, status, error=error, output=output)
+            settled = finish_job(session, job, status, error=error, output=output)
+            if settled and status == JobStatus.FAILED:
+                fail_running_stages(session, job_id)
 
     # Hours of training are not lost to a database that is away when the run ends.
     outlasting(once, within_s=DB_PATIENCE_S, what=f"job {job_id}: outcome")
 
 
-def _start(db: Database, job_id: uuid.UUID) -> Job | None:
-    """The job, marked running; None when there is nothing (left) to run."""
+def _start(db: Database, job_id: uuid.UUID, processes: int) -> Job | None:
+    """The job, marked running, with this attempt in its log; None when there is nothing
+    (left) to run."""
     with db.session() as session:
         job = get_job(session, team=None, job_id=job_id)
         if not is_active(job):
             return None
-        mark_running(session, job.id)
+        latest = select(Run).where(Run.job_id == job.id).order_by(Run.attempt.desc()).limit(1)
+        run = session.scalar(latest)
+        attempt = run.attempt if run is not None else 1
+        launcher = run.launcher if run is not None else "direct"
+        plural = "es" if processes > 1 else ""
+        message = f"Attempt {attempt} started ({launcher}, {processes} process{plural})"
+        facts: dict[str, Any] = dict(attempt=attempt, launcher=launcher, processes=processes)
+        if not mark_running(session, job.id, message, **facts):  # a relaunch: already running
+            events.record(session, job.id, EventType.STARTED, message, **facts)
         return job
 
 
@@ -158,7 +181,7 @@ def train_run(settings: TrainerSettings, job_id: str, dispatcher: Dispatcher | N
     db = Database(settings.resolved_database_url, dispatcher)
     store = open_store(settings.resolved_artifact_uri)
     ranks = Ranks.current()
-    job = _start(db, uuid.UUID(job_id)) if ranks.is_main else None
+    job = _start(db, uuid.UUID(job_id), ranks.count) if ranks.is_main else None
     if not ranks.from_main(job is not None):
         return 0
     with db.session() as session:

@@ -6,6 +6,7 @@ stand-in teachers (a VLM describer, a text-only reasoner).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from trl.trainer.sft_trainer import SFTTrainer
 from services.trainer.callbacks import (
     ForwardLogs,
     LogFn,
+    ReportPlan,
     StopFn,
     StopWhenAsked,
     TrainingStopped,
@@ -73,7 +75,9 @@ def lora_config(options: SftOptions, *, vision: bool) -> LoraConfig | None:
     )
 
 
-def sft_config(out_dir: Path, options: SftOptions, *, checkpoint_every: int | None) -> SFTConfig:
+def sft_config(
+    out_dir: Path, options: SftOptions, *, checkpoint_every: int | None, run_name: str = ""
+) -> SFTConfig:
     """TRL settings from the job options."""
     return SFTConfig(
         output_dir=str(out_dir),
@@ -88,7 +92,13 @@ def sft_config(out_dir: Path, options: SftOptions, *, checkpoint_every: int | No
         assistant_only_loss=True,  # the prompt (and the image tokens) carry no loss
         bf16=bf16_enabled(options.bf16),
         use_cpu=not torch.cuda.is_available(),
-        **run_arguments(options.seed, checkpoint_every, options.distributed.deepspeed_config),
+        **run_arguments(
+            options.seed,
+            checkpoint_every,
+            options.distributed.deepspeed_config,
+            report_to=options.report_to,
+            run_name=run_name,
+        ),
     )
 
 
@@ -99,6 +109,7 @@ def build_sft_trainer(
     options: SftOptions,
     *,
     checkpoint_every: int | None = None,
+    run_name: str = "",
 ) -> tuple[SFTTrainer, Policy]:
     """An SFTTrainer ready to train, and the policy it trains."""
     set_seed(options.seed)
@@ -108,7 +119,7 @@ def build_sft_trainer(
     records = load_sft_records(train_file, vision=policy.vision)
     trainer = SFTTrainer(
         model=policy.model,
-        args=sft_config(out_dir, options, checkpoint_every=checkpoint_every),
+        args=sft_config(out_dir, options, checkpoint_every=checkpoint_every, run_name=run_name),
         train_dataset=Dataset.from_list(records),
         processing_class=policy.processing_class,
         peft_config=lora_config(options, vision=policy.vision),
@@ -124,18 +135,28 @@ def run_sft(
     options: SftOptions,
     *,
     on_log: LogFn | None = None,
+    on_plan: Callable[[int], None] | None = None,
     should_stop: StopFn | None = None,
     resume_from: Path | None = None,
     checkpoint_every: int | None = None,
+    run_name: str = "",
 ) -> Path:
-    """Fine-tune ``model_dir`` on a sharegpt file; save to ``out_dir/final`` and return it."""
+    """Fine-tune ``model_dir`` on a sharegpt file; save to ``out_dir/final`` and return it.
+    ``on_plan`` hears how many steps the run will take once the trainer knows."""
     trainer, policy = build_sft_trainer(
-        model_dir, train_file, out_dir, options, checkpoint_every=checkpoint_every
+        model_dir,
+        train_file,
+        out_dir,
+        options,
+        checkpoint_every=checkpoint_every,
+        run_name=run_name,
     )
     if resume_from is not None and options.lora is None:  # the Trainer restores adapters itself
         restore_checkpoint_weights(trainer, policy.model, resume_from)
     if on_log is not None:
         trainer.add_callback(ForwardLogs(on_log, SFT_LOG_KEYS))
+    if on_plan is not None:
+        trainer.add_callback(ReportPlan(on_plan))
     stopper = StopWhenAsked(should_stop) if should_stop is not None else None
     if stopper is not None:
         trainer.add_callback(stopper)

@@ -10,22 +10,24 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from services.trainer.ranks import Ranks
+from services.trainer.rollouts import Sample
+from shared import events
 from shared.contracts.status import StageStatus
-from shared.db.models import Artifact, Job, Metric, Stage, utcnow
+from shared.db.models import Artifact, Item, Job, Metric, RolloutSample, Stage, utcnow
 from shared.db.session import UNREACHABLE, Database, outlasting
 from shared.errors import NotFound
+from shared.events import EventType
 from shared.jobs import is_cancelled
 from shared.storage import ArtifactStore
 
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 PROGRESS_EVERY = 10
 PROGRESS_KEYS = ("loss", "reward_mean", "accuracy", "format_rate", "completion_len_mean")
+# The summary figures a finished stage's event carries (its message names the first two).
+FINISH_KEYS = ("reward_mean", "accuracy", "format_rate", "completion_len_mean", "steps")
+LEVELS = {StageStatus.SUCCEEDED: "info", StageStatus.CANCELLED: "warning"}
 
 
 class Heartbeat:
@@ -78,6 +83,8 @@ class Tracker:
     cached_cancel: bool = field(default=False)
     # A database outage shorter than this is waited out: the run pauses at its next write.
     db_patience_s: float = 600.0
+    # Completions kept for people to read, by (stage, step), until that step's metrics go.
+    _samples: dict[tuple[int, int], list[Sample]] = field(default_factory=dict, init=False)
 
     def _in_session(self, work: Callable[[Session], T], what: str) -> T:
         """``work`` in one transaction, waiting out a database outage."""
@@ -116,14 +123,6 @@ class Tracker:
         query = select(Stage).where(Stage.job_id == self.job_id).order_by(Stage.idx)
         return list(session.scalars(query))
 
-    def stage(self, idx: int) -> Stage:
-        """A fresh copy of one stage row."""
-        query = select(Stage).where(Stage.job_id == self.job_id, Stage.idx == idx)
-        row = self._in_session(lambda session: session.scalar(query), "stage")
-        if row is None:
-            raise NotFound(f"job {self.job_id} has no stage {idx}", job_id=str(self.job_id))
-        return row
-
     def update_stage(self, idx: int, **values: Any) -> None:
         """Change a stage row (the main process does)."""
         if not self.ranks.is_main:
@@ -131,21 +130,81 @@ class Tracker:
         change = update(Stage).where(Stage.job_id == self.job_id, Stage.idx == idx).values(**values)
         self._in_session(lambda session: session.execute(change), "stage update")
 
+    def _stage_row(self, session: Session, idx: int) -> Stage:
+        query = select(Stage).where(Stage.job_id == self.job_id, Stage.idx == idx)
+        row = session.scalar(query)
+        if row is None:
+            raise NotFound(f"job {self.job_id} has no stage {idx}", job_id=str(self.job_id))
+        return row
+
     def start_stage(self, idx: int, resume_from: Path | None) -> None:
-        """Mark a stage running; on a resume, drop metrics past the checkpoint (redone)."""
+        """Mark a stage running and log it; what an earlier attempt wrote past the step this
+        one resumes from (its checkpoint's, else the start) is dropped: those steps are
+        done again, and their metrics and samples written again."""
         if not self.ranks.is_main:
             return
-        values: dict[str, Any] = {"status": StageStatus.RUNNING, "resume_checkpoint": None}
-        if resume_from is not None:
-            values["resume_checkpoint"] = str(resume_from)
-            step = int(resume_from.name.rsplit("-", 1)[-1])
-            redone = delete(Metric).where(
-                Metric.job_id == self.job_id, Metric.stage_idx == idx, Metric.step > step
+        step = int(resume_from.name.rsplit("-", 1)[-1]) if resume_from is not None else 0
+
+        def start(session: Session) -> None:
+            for table in (Metric, RolloutSample):
+                session.execute(
+                    delete(table).where(
+                        table.job_id == self.job_id, table.stage_idx == idx, table.step > step
+                    )
+                )
+            stage = self._stage_row(session, idx)
+            stage.status = StageStatus.RUNNING
+            stage.resume_checkpoint = str(resume_from) if resume_from is not None else None
+            stage.started_at = stage.started_at or utcnow()
+            verb = f"resumed from step {step}" if step else "started"
+            events.record(
+                session,
+                self.job_id,
+                EventType.STAGE_STARTED,
+                f"{_title(stage)} {verb}",
+                stage_idx=idx,
+                resumed_from_step=step or None,
+                **_facts(stage),
             )
-            self._in_session(lambda session: session.execute(redone), "metrics")
-        if self.stage(idx).started_at is None:
-            values["started_at"] = utcnow()
-        self.update_stage(idx, **values)
+
+        self._in_session(start, "stage start")
+
+    def finish_stage(self, idx: int, status: StageStatus, **values: Any) -> None:
+        """Settle a stage (succeeded, failed or cancelled) with ``values`` (summary,
+        checkpoint…) and log it with its summary figures."""
+        if not self.ranks.is_main:
+            return
+
+        def finish(session: Session) -> None:
+            stage = self._stage_row(session, idx)
+            for name, value in {"finished_at": utcnow(), **values}.items():
+                setattr(stage, name, value)
+            stage.status = status
+            figures = {k: stage.summary[k] for k in FINISH_KEYS if k in stage.summary}
+            shown = ", ".join(
+                f"{k.removesuffix('_mean')} {figures[k]:.3g}"
+                for k in FINISH_KEYS[:2]
+                if k in figures
+            )
+            events.record(
+                session,
+                self.job_id,
+                EventType.STAGE_FINISHED,
+                f"{_title(stage)} {status}" + (f": {shown}" if shown else ""),
+                level=LEVELS.get(status, "error"),
+                stage_idx=idx,
+                status=str(status),
+                summary=figures,
+                **_facts(stage),
+            )
+
+        self._in_session(finish, "stage finish")
+
+    def keep_samples(self, stage_idx: int, step: int, samples: Sequence[Sample]) -> None:
+        """Hold a step's kept completions until its metrics are logged: both are written in
+        one transaction, so a relaunch that drops a redone step's metrics drops these too."""
+        if self.ranks.is_main and samples:
+            self._samples[(stage_idx, step)] = list(samples)
 
     def log(self, stage_idx: int | None, step: int, values: dict[str, float]) -> None:
         """One step's metrics (written once, by the main process); non-finite ones left out."""
@@ -157,46 +216,153 @@ class Tracker:
             if isinstance(v, int | float) and math.isfinite(v)
         ]
 
+        samples = self._samples.pop((stage_idx, step), []) if stage_idx is not None else []
+
         def write(session: Session) -> None:
             session.add_all([Metric(**row) for row in rows])
+            if samples and stage_idx is not None:
+                session.add_all(self._sample_rows(session, stage_idx, step, samples))
             session.execute(update(Job).where(Job.id == self.job_id).values(heartbeat_at=utcnow()))
 
         self._in_session(write, "metrics")
-        if step % PROGRESS_EVERY == 0:
+        if step % PROGRESS_EVERY == 0:  # for the run's log; consoles read the metric rows
             shown = ", ".join(f"{k} {v:.3g}" for k, v in values.items() if k in PROGRESS_KEYS)
-            sys.stderr.write(
-                f"[job {str(self.job_id)[:8]} stage {stage_idx}] step {step}: {shown}\n"
+            log.info("job %s stage %s step %d: %s", str(self.job_id)[:8], stage_idx, step, shown)
+
+    def _sample_rows(
+        self, session: Session, stage_idx: int, step: int, samples: list[Sample]
+    ) -> list[RolloutSample]:
+        """Rows for a step's samples, each with its item's images (as the item stores them)."""
+        items = {_uuid(s.item_id) for s in samples} - {None}
+        query = select(Item.id, Item.images).where(Item.id.in_(items))
+        images = {item: list(uris) for item, uris in session.execute(query)} if items else {}
+        return [
+            RolloutSample(
+                job_id=self.job_id,
+                stage_idx=stage_idx,
+                step=step,
+                idx=idx,
+                item_id=item,
+                images=list(images.get(item, [])) if item else [],
+                prompt=sample.prompt,
+                completion=sample.completion,
+                answer=sample.answer,
+                reward=sample.reward,
+                correct=sample.correct,
+                well_formed=sample.well_formed,
+                reason=sample.reason[:64],
+                length=sample.length,
             )
+            for idx, sample in enumerate(samples)
+            for item in [_uuid(sample.item_id)]
+        ]
 
     def save_artifact(self, source: Path, key: str, *, kind: str, name: str, **meta: Any) -> str:
         """Store a file or folder under the job's artifacts and register it (the main
         process does; every process gets its URI once it is stored)."""
+        return self._save(source, key, kind=kind, name=name, meta=meta)
+
+    def save_checkpoint(self, source: Path, key: str, *, name: str, stage_idx: int) -> str:
+        """Store a stage's final weights as a checkpoint artifact, and log where and at
+        which step (the stage's last) they were saved."""
+
+        def saved(session: Session, uri: str) -> None:
+            last = select(func.max(Metric.step)).where(
+                Metric.job_id == self.job_id, Metric.stage_idx == stage_idx
+            )
+            step = session.scalar(last)
+            message = f"Checkpoint saved at step {step}" if step else "Checkpoint saved"
+            events.record(
+                session,
+                self.job_id,
+                EventType.CHECKPOINT_SAVED,
+                message,
+                stage_idx=stage_idx,
+                step=step,
+                uri=uri,
+            )
+
+        meta = {"stage": stage_idx}
+        return self._save(source, key, kind="checkpoint", name=name, meta=meta, also=saved)
+
+    def _save(
+        self,
+        source: Path,
+        key: str,
+        *,
+        kind: str,
+        name: str,
+        meta: dict[str, Any],
+        also: Callable[[Session, str], None] | None = None,
+    ) -> str:
         if self.ranks.is_main:
-            self._store_artifact(source, key, kind=kind, name=name, **meta)
+            stored = (
+                self.store.put_tree(source, key)
+                if source.is_dir()
+                else self.store.put_file(source, key)
+            )
+
+            def register(session: Session) -> None:
+                session.add(
+                    Artifact(
+                        team_id=self.team_id,
+                        job_id=self.job_id,
+                        kind=kind,
+                        name=name,
+                        uri=stored.uri,
+                        size_bytes=stored.size_bytes,
+                        checksum=stored.checksum,
+                        meta=meta,
+                    )
+                )
+                if also is not None:
+                    also(session, stored.uri)
+
+            self._in_session(register, "artifact")
         self.ranks.barrier()
         return self.store.uri_for(key)
 
-    def _store_artifact(self, source: Path, key: str, *, kind: str, name: str, **meta: Any) -> None:
-        stored = (
-            self.store.put_tree(source, key)
-            if source.is_dir()
-            else self.store.put_file(source, key)
+
+def fail_running_stages(session: Session, job_id: uuid.UUID) -> None:
+    """Settle as failed the stages a failed run leaves running, in the caller's transaction
+    (the one that fails the job)."""
+    running = select(Stage).where(Stage.job_id == job_id, Stage.status == StageStatus.RUNNING)
+    for stage in session.scalars(running).all():
+        stage.status, stage.finished_at = StageStatus.FAILED, utcnow()
+        events.record(
+            session,
+            job_id,
+            EventType.STAGE_FINISHED,
+            f"{_title(stage)} failed",
+            level="error",
+            stage_idx=stage.idx,
+            status=str(StageStatus.FAILED),
+            **_facts(stage),
         )
-        self._in_session(
-            lambda session: session.add(
-                Artifact(
-                    team_id=self.team_id,
-                    job_id=self.job_id,
-                    kind=kind,
-                    name=name,
-                    uri=stored.uri,
-                    size_bytes=stored.size_bytes,
-                    checksum=stored.checksum,
-                    meta=meta,
-                )
-            ),
-            "artifact",
-        )
+
+
+def _title(stage: Stage) -> str:
+    """'Stage 2 (48 tokens × 4)' for a GRPO stage, 'Stage 1 (sft)' for others."""
+    config = stage.config
+    if "max_completion_tokens" in config and "group_size" in config:
+        shape = f"{config['max_completion_tokens']} tokens × {config['group_size']}"
+    else:
+        shape = stage.name
+    return f"Stage {stage.idx + 1} ({shape})"
+
+
+def _facts(stage: Stage) -> dict[str, Any]:
+    """What a stage's events say about it: its name, completion cap, group size, steps."""
+    names = {"max_completion_tokens": "cap", "group_size": "group_size", "steps": "steps"}
+    facts = {fact: stage.config[key] for key, fact in names.items() if key in stage.config}
+    return {"name": stage.name, **facts}
+
+
+def _uuid(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value) if value else None
+    except ValueError:  # a prompt file's own row ID, not a platform item
+        return None
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:

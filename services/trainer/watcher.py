@@ -15,12 +15,20 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select, update
 
-from services.trainer.launcher import Launcher, LaunchRefused, LaunchRequest, run_command
+from services.trainer.launcher import (
+    Launcher,
+    LaunchRefused,
+    LaunchRequest,
+    RunState,
+    run_command,
+)
 from services.trainer.settings import TrainerSettings
+from shared import events
 from shared.contracts.specs import parse_spec
 from shared.contracts.status import JOB_ACTIVE, JobStatus, RunStatus
 from shared.db.models import Job, Run, utcnow
 from shared.db.session import Database
+from shared.events import EventType
 from shared.jobs import finish_job, is_active
 from shared.storage import open_store
 
@@ -47,8 +55,16 @@ def _aware(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
 
 
-def launch(db: Database, launcher: Launcher, settings: TrainerSettings, job_id: str) -> str | None:
-    """Start a new attempt of a training job; None when there is nothing to run."""
+def launch(
+    db: Database,
+    launcher: Launcher,
+    settings: TrainerSettings,
+    job_id: str,
+    *,
+    reason: str | None = None,
+) -> str | None:
+    """Start a new attempt of a training job; None when there is nothing to run.  A later
+    attempt is logged as a relaunch, with ``reason`` (why the last one was lost)."""
     with db.session() as session:
         job = session.get(Job, uuid.UUID(job_id))
         if job is None or not is_active(job):
@@ -62,6 +78,18 @@ def launch(db: Database, launcher: Launcher, settings: TrainerSettings, job_id: 
             job_id=job.id, attempt=attempts + 1, launcher=launcher.name, status=RunStatus.STARTING
         )
         session.add(run)
+        if attempts:
+            why = reason or "launched again"
+            message = f"Relaunched as attempt {run.attempt}: {why}"
+            events.record(
+                session,
+                job.id,
+                EventType.RELAUNCHED,
+                message,
+                level="warning",
+                attempt=run.attempt,
+                reason=why,
+            )
         job.heartbeat_at = utcnow()  # the new attempt gets a full grace period
         distributed = getattr(parse_spec(job.spec), "distributed", None)
     store = open_store(settings.resolved_artifact_uri)
@@ -101,8 +129,9 @@ def launch(db: Database, launcher: Launcher, settings: TrainerSettings, job_id: 
 
 def watch_once(db: Database, launcher: Launcher, settings: TrainerSettings) -> list[str]:
     """One pass: stop runs of cancelled jobs, relaunch silent ones; returns relaunched IDs."""
-    stale_before = datetime.now(UTC) - timedelta(seconds=settings.stale_after_s)
-    relaunch: list[str] = []
+    now = datetime.now(UTC)
+    stale_before = now - timedelta(seconds=settings.stale_after_s)
+    relaunch: dict[str, str] = {}  # job ID → why its run was taken for lost
     with db.session() as session:
         runs = session.execute(
             select(Run, Job)
@@ -121,11 +150,22 @@ def watch_once(db: Database, launcher: Launcher, settings: TrainerSettings) -> l
                 if state.phase in ("running", "pending"):
                     launcher.stop(run.handle)
                 run.status, run.ended_at, run.exit_code = RunStatus.LOST, utcnow(), state.exit_code
-                relaunch.append(str(job.id))
-    for job_id in relaunch:
-        log.warning("job %s: run lost or silent; relaunching", job_id)
-        launch(db, launcher, settings, job_id)
-    return relaunch
+                relaunch[str(job.id)] = _lost_because(run, state, beat, now)
+    for job_id, reason in relaunch.items():
+        log.warning("job %s: %s; relaunching", job_id, reason)
+        launch(db, launcher, settings, job_id, reason=reason)
+    return list(relaunch)
+
+
+def _lost_because(run: Run, state: RunState, beat: datetime | None, now: datetime) -> str:
+    """Why attempt ``run`` is taken for lost, in words."""
+    if state.phase in ("running", "pending"):
+        silent = f"{(now - beat).total_seconds():.0f} s" if beat else "ever"
+        return f"attempt {run.attempt} sent no heartbeat for {silent}"
+    if state.exit_code is not None:
+        return f"attempt {run.attempt} exited with code {state.exit_code}"
+    detail = f" ({state.message})" if state.message else ""
+    return f"attempt {run.attempt} is gone{detail}"
 
 
 class Watcher(threading.Thread):

@@ -132,6 +132,19 @@ class JobCreate(In):
     spec: JobSpec
 
 
+class ProgressOut(BaseModel):
+    """How far a job is: ``done`` of ``total`` (None: not known yet) ``unit``; ``stage``
+    says where it is (a GRPO stage, a pipeline's step), ``detail`` its latest figures."""
+
+    model_config = ConfigDict(frozen=True)
+
+    done: int
+    total: int | None
+    unit: Literal["items", "steps", "jobs"]
+    stage: str | None = None
+    detail: str = ""
+
+
 class JobOut(Out):
     id: uuid.UUID
     parent_id: uuid.UUID | None
@@ -151,6 +164,7 @@ class JobOut(Out):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    progress: ProgressOut
 
 
 class StageOut(Out):
@@ -189,3 +203,97 @@ class Health(BaseModel):
     database: bool
     broker: bool | None = Field(description="None when no broker is configured.")
     version: str
+
+
+class EventOut(Out):
+    """One entry of a job's event log (the shape fine-tuning APIs use: time, level,
+    type, message, data)."""
+
+    id: int
+    created_at: datetime
+    level: Literal["info", "warning", "error"]
+    type: str = Field(
+        description="created, queued, started, stage.started, stage.finished, "
+        "checkpoint.saved, item.failed, retried, relaunched, cancelled, "
+        "failed, succeeded, …"
+    )
+    message: str
+    stage_idx: int | None
+    data: dict[str, Any]
+
+
+class SampleOut(Out):
+    """One GRPO completion the trainer kept, with how it was scored."""
+
+    id: int
+    stage_idx: int
+    step: int
+    idx: int
+    item_id: uuid.UUID | None
+    images: list[str] = Field(description="Image URLs, relative to the API root.")
+    prompt: str
+    completion: str
+    answer: str
+    reward: float | None
+    correct: bool | None
+    well_formed: bool | None
+    reason: str | None
+    length: int
+    created_at: datetime
+
+
+class RecordOut(BaseModel):
+    """One coldstart item as the job saw it: its inputs, each step's output, its verdict."""
+
+    item_id: uuid.UUID
+    idx: int
+    question: str
+    answer: str = Field(description="The gold answer.")
+    images: list[str] = Field(description="Image URLs, relative to the API root.")
+    step: str = Field(description="How far the item got: pending, captioned, described, reasoned.")
+    status: str = Field(description="pending, kept, rejected or failed.")
+    pseudo_cot: str | None
+    description: str | None
+    reasoning: str | None
+    final_answer: str | None
+    verdict: bool | None
+    reject_reason: str | None
+    error: str | None
+    attempts: int
+    updated_at: datetime
+
+
+class FunnelOut(BaseModel):
+    """A coldstart job's funnel, counted now: items in → captioned → described → reasoned →
+    verified → kept, and why the others stopped (the vocabulary of the job's final
+    ``output.funnel``)."""
+
+    items_in: int
+    pending: int = Field(description="Items not settled yet.")
+    captioned: int
+    described: int
+    reasoned: int
+    verified: int
+    kept: int
+    rejected: dict[str, int] = Field(description="Rejected items by reason.")
+    failed: dict[str, int] = Field(description="Failed items by reason.")
+    errors: dict[str, int] = Field(
+        description="Failed items by error: its class, or its first 80 characters."
+    )
+
+
+class EvalResultOut(BaseModel):
+    """One eval item's outcome: what the model said and how it was judged."""
+
+    dataset_id: uuid.UUID
+    item_id: uuid.UUID
+    idx: int
+    question: str
+    answer: str = Field(description="The gold answer.")
+    images: list[str] = Field(description="Image URLs, relative to the API root.")
+    label: str
+    tries: int
+    completion: str
+    extracted: str | None
+    correct: bool | None
+    reason: str | None

@@ -185,6 +185,9 @@ class DistributedSpec(Strict):
         return self.num_processes // self.num_machines
 
 
+Tracker = Literal["tensorboard", "wandb", "trackio", "mlflow"]
+
+
 class SftOptions(Strict):
     """Cold-start SFT hyper-parameters (paper defaults)."""
 
@@ -201,6 +204,11 @@ class SftOptions(Strict):
     bf16: bool | None = Field(default=None, description="None = when the device supports it.")
     seed: int = 0
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
+    report_to: list[Tracker] = Field(
+        default_factory=list,
+        description="Experiment trackers the run also reports to (TRL's report_to), "
+        "beside the platform's own metrics; wandb runs offline unless WANDB_MODE says otherwise.",
+    )
 
 
 class SftSpec(SftOptions):
@@ -260,6 +268,17 @@ class GrpoOptions(Strict):
     system_prompt: str | None = None
     seed: int = 0
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
+    samples_per_step: int = Field(
+        default=4,
+        ge=0,
+        le=64,
+        description="Completions kept per step for people to read (GET .../samples); 0: none.",
+    )
+    report_to: list[Tracker] = Field(
+        default_factory=list,
+        description="Experiment trackers the run also reports to (TRL's report_to), "
+        "beside the platform's own metrics; wandb runs offline unless WANDB_MODE says otherwise.",
+    )
 
     def compute_warnings(self) -> list[str]:
         """Say where stages are not compute-matched (tokens x group size constant)."""

@@ -266,3 +266,46 @@ class OutboxMessage(Base):
     task_name: Mapped[str] = mapped_column(String(64))
     args: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class JobEvent(Base):
+    """One thing that happened to a job, in order: the job's readable story."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(48))
+    level: Mapped[str] = mapped_column(String(8), default="info")  # info | warning | error
+    message: Mapped[str] = mapped_column(Text, default="")
+    stage_idx: Mapped[int | None] = mapped_column(Integer)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RolloutSample(Base):
+    """One GRPO completion kept for people to read (a few per step, not all)."""
+
+    __tablename__ = "rollout_samples"
+    __table_args__ = (
+        Index("ix_rollout_samples_job_stage_step", "job_id", "stage_idx", "step"),
+        UniqueConstraint("job_id", "stage_idx", "step", "idx"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    stage_idx: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    idx: Mapped[int] = mapped_column(Integer)  # the sample's place within its step
+    item_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    images: Mapped[list[Any]] = mapped_column(default=list)  # artifact URIs of the prompt
+    prompt: Mapped[str] = mapped_column(Text, default="")
+    completion: Mapped[str] = mapped_column(Text, default="")
+    answer: Mapped[str] = mapped_column(Text, default="")
+    reward: Mapped[float | None] = mapped_column(Float)
+    correct: Mapped[bool | None] = mapped_column(Boolean)
+    well_formed: Mapped[bool | None] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(String(64))
+    length: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -11,9 +11,7 @@ variables no longer work fails here.
 from __future__ import annotations
 
 import io
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +35,7 @@ from tests.e2e.compose_stack import (
     rewrite_paths,
     start_order,
 )
-from tests.helpers import free_port
+from tests.helpers import free_port, pipeline_toy_files, small_pipeline_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 VENV_BIN = Path(sys.executable).parent
@@ -177,18 +175,6 @@ def _api_key(stack: Stack) -> str:
     return done.stdout.decode().strip().splitlines()[-1]
 
 
-def _prepare_data(data: Path, teachers: dict[str, Path]) -> None:
-    from shared.fixtures.tiny import build_tiny_vlm
-    from shared.fixtures.toy import read_rows
-
-    toy = teachers["toy"]
-    train, test = read_rows(toy / "train.jsonl"), read_rows(toy / "test.jsonl")
-    shutil.copytree(toy / "images", data / "images")  # a symlink would leave the root
-    for name, rows in (("source", train[:4]), ("rl", train[:32]), ("test", test[:8])):
-        (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    build_tiny_vlm(data / "student", seed=0)
-
-
 def _wait(client: httpx.Client, job_id: str, stack: Stack) -> dict[str, Any]:
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline:
@@ -203,7 +189,7 @@ def _wait(client: httpx.Client, job_id: str, stack: Stack) -> dict[str, Any]:
 
 def test_pipeline_over_http_on_the_declared_stack(stack: Stack, teachers: dict[str, Path]) -> None:
     data = Path(stack.env["gateway"]["VR1_IMPORT_ROOTS"].strip('[]"'))
-    _prepare_data(data, teachers)
+    pipeline_toy_files(data, teachers)
     gateway = f"http://127.0.0.1:{stack.env['gateway']['VR1_PORT']}"
     reward = f"http://127.0.0.1:{stack.env['reward']['VR1_PORT']}"
     headers = {"Authorization": f"Bearer {_api_key(stack)}"}
@@ -215,53 +201,7 @@ def test_pipeline_over_http_on_the_declared_stack(stack: Stack, teachers: dict[s
             )
             assert response.status_code == 201, response.text
             ids[name] = response.json()["id"]
-        engine = {
-            "engine": "transformers",
-            "device": "cpu",
-            "generation": {"max_new_tokens": 128, "temperature": 0},
-        }
-        fast_sft = {
-            "learning_rate": 1e-3,
-            "lr_scheduler": "constant",
-            "warmup_ratio": 0,
-            "max_steps": 20,
-            "max_length": 512,
-            "global_batch_size": 4,
-            "per_device_batch_size": 4,
-        }
-        spec = {
-            "kind": "pipeline",
-            "base_model": str(data / "student"),
-            "source_dataset_id": ids["source"],
-            "rl_dataset_id": ids["rl"],
-            "eval_dataset_ids": [ids["test"]],
-            "coldstart": {
-                "captioner": {**engine, "model": str(teachers["describer"])},
-                "reasoner": {**engine, "model": str(teachers["reasoner"])},
-                "chunk_size": 2,
-            },
-            "sft": fast_sft,
-            "grpo": {
-                "stages": [
-                    {
-                        "max_completion_tokens": 32,
-                        "group_size": 4,
-                        "steps": 3,
-                        "prompts_per_step": 2,
-                    },
-                    {
-                        "max_completion_tokens": 64,
-                        "group_size": 2,
-                        "steps": 3,
-                        "prompts_per_step": 4,
-                    },
-                ],
-                "reward_url": reward,
-                "learning_rate": 1e-4,
-                "beta": 0.0,
-            },
-            "eval": {"max_new_tokens": 48, "max_tries": 2, "limit": 8},
-        }
+        spec = small_pipeline_spec(data, ids, teachers, reward_url=reward)
         created = client.post("/v1/jobs", json={"name": "e2e", "spec": spec})
         assert created.status_code == 201, created.text
         job = _wait(client, created.json()["id"], stack)

@@ -23,9 +23,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from services.gateway.app import create_app
-from services.gateway.settings import GatewaySettings
-from shared import teams
 from shared.db.models import GenerationRecord
 from shared.db.session import Database
 from shared.storage import ArtifactStore, open_store
@@ -34,6 +31,7 @@ from tests.coldstart_support import (
     auth,
     check_export,
     coldstart_spec,
+    gateway_app,
     register_toy,
     wait_for_job,
 )
@@ -92,17 +90,7 @@ def cluster(pg_migrated: str, tmp_path: Path, teachers: dict[str, Path]) -> Iter
     redis = RedisServer(tmp_path / "redis").start()
     proxy = CuttableProxy(PG_SERVER).start()
     artifact_uri = (tmp_path / "artifacts").as_uri()
-    settings = GatewaySettings(
-        database_url=pg_migrated,
-        redis_url=redis.url,
-        artifact_uri=artifact_uri,
-        import_roots=[tmp_path / "data"],
-    )
-    app = create_app(settings)
-    db: Database = app.state.context.db
-    with db.session() as session:
-        team = teams.create_team(session, name="vision")
-        key = teams.create_key(session, team=team).secret
+    app, db, key = gateway_app(pg_migrated, redis.url, artifact_uri, tmp_path / "data")
     (tmp_path / "logs").mkdir()
     pool = WorkerPool(
         proxy.url_for(pg_migrated),

@@ -19,11 +19,10 @@ from entrypoints.bootstrap import embedded
 from services.trainer import watcher
 from services.trainer.launcher import LocalLauncher
 from services.trainer.settings import TrainerSettings
-from shared.contracts.specs import GrpoSpec, StageSpec
 from shared.db.models import Job, Metric, Run, Stage
 from shared.settings import BaseVR1Settings
 from tests.faults.infra import CuttableProxy, RedisServer
-from tests.helpers import discard_messages, training_toy
+from tests.helpers import discard_messages, training_toy, two_stage_grpo_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STEPS = 6
@@ -52,16 +51,7 @@ def test_a_run_waits_out_a_database_cut_and_a_broker_restart(
         stale_after_s=45.0,
         torch_threads=1,
     )
-    spec = GrpoSpec(
-        model=str(toy["student"]),
-        dataset_id=toy["rl"],
-        stages=[
-            StageSpec(max_completion_tokens=16, group_size=4, steps=STEPS, prompts_per_step=2),
-            StageSpec(max_completion_tokens=32, group_size=2, steps=STEPS, prompts_per_step=4),
-        ],
-        learning_rate=1e-4,
-        beta=0.0,
-    )
+    spec = two_stage_grpo_spec(toy, str(toy["student"]), steps=STEPS)
     job_id = platform.submit(spec)
     discard_messages(platform)
     launcher = LocalLauncher()

@@ -17,9 +17,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from services.gateway.app import create_app
-from services.gateway.settings import GatewaySettings
-from shared import teams
 from shared.db.models import GenerationRecord
 from shared.db.session import Database
 from shared.storage import open_store
@@ -28,6 +25,7 @@ from tests.coldstart_support import (
     auth,
     check_export,
     coldstart_spec,
+    gateway_app,
     register_toy,
     wait_for_job,
     workers,
@@ -43,17 +41,7 @@ def cluster(
 ) -> Iterator[dict[str, Any]]:
     """The gateway (real Celery dispatcher) and a worker pool on one database and broker."""
     artifact_uri = (tmp_path / "artifacts").as_uri()
-    settings = GatewaySettings(
-        database_url=pg_migrated,
-        redis_url=redis_url,
-        artifact_uri=artifact_uri,
-        import_roots=[tmp_path / "data"],
-    )
-    app = create_app(settings)
-    db: Database = app.state.context.db
-    with db.session() as session:
-        team = teams.create_team(session, name="vision")
-        key = teams.create_key(session, team=team).secret
+    app, db, key = gateway_app(pg_migrated, redis_url, artifact_uri, tmp_path / "data")
     with (
         workers(pg_migrated, redis_url, artifact_uri, tmp_path / "logs") as pool,
         TestClient(app) as client,

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -21,7 +19,7 @@ import pytest
 from shared import teams
 from shared.db.models import Artifact
 from shared.db.session import Database
-from tests.helpers import REPO, free_port
+from tests.helpers import REPO, free_port, served_gateway
 
 pytestmark = pytest.mark.integration
 MB = 1 << 20
@@ -71,25 +69,7 @@ def gateway(pg_migrated: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
         "VR1_LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(REPO),
     }
-    log = (tmp_path / "gateway.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "entrypoints.cli", "serve", "gateway"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert server.poll() is None, "the gateway exited"
-        assert time.monotonic() < deadline, "the gateway did not start"
-        time.sleep(0.2)
-    try:
+    with served_gateway(env, tmp_path / "gateway.log") as (base, server):
         yield {
             "base": base,
             "auth": {"Authorization": f"Bearer {key}"},
@@ -98,10 +78,6 @@ def gateway(pg_migrated: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
             "folder": folder,
             "single": single,
         }
-    finally:
-        server.terminate()
-        server.wait(timeout=15)
-        log.close()
 
 
 def test_a_300_mb_folder_streams_with_flat_memory(gateway: dict[str, Any]) -> None:

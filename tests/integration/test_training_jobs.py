@@ -25,10 +25,10 @@ from services.trainer import watcher
 from services.trainer.k8s_launcher import KubernetesLauncher
 from services.trainer.launcher import LaunchRequest, LocalLauncher, RunState
 from services.trainer.settings import TrainerSettings
-from shared.contracts.specs import GrpoSpec, SftSpec, StageSpec
-from shared.db.models import Artifact, Job, Metric, Run, Stage
+from shared.contracts.specs import SftSpec
+from shared.db.models import Artifact, Job, JobEvent, Metric, RolloutSample, Run, Stage
 from shared.settings import BaseVR1Settings
-from tests.helpers import discard_messages, free_port, training_toy
+from tests.helpers import discard_messages, free_port, training_toy, two_stage_grpo_spec
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,6 +87,7 @@ def test_sft_job_writes_stage_metrics_and_a_loadable_checkpoint(
     assert stage.checkpoint_uri == job.output["checkpoint_uri"]
     losses = _metric(platform, job.id, "loss")
     assert [m.step for m in losses] == list(range(1, 7))
+    assert stage.summary["steps"] == len(losses)  # the plan the trainer announced, kept
     checkpoint = platform.store.local_path(job.output["checkpoint_uri"])
     assert (checkpoint / "config.json").is_file()
     with platform.db.session() as session:
@@ -94,24 +95,10 @@ def test_sft_job_writes_stage_metrics_and_a_loadable_checkpoint(
     assert kinds == ["checkpoint"]
 
 
-def _grpo_spec(toy: dict[str, Any], model: str, steps: int = 4, processes: int = 1) -> GrpoSpec:
-    return GrpoSpec(
-        distributed={"num_processes": processes},
-        model=model,
-        dataset_id=toy["rl"],
-        stages=[
-            StageSpec(max_completion_tokens=16, group_size=4, steps=steps, prompts_per_step=2),
-            StageSpec(max_completion_tokens=32, group_size=2, steps=steps, prompts_per_step=4),
-        ],
-        learning_rate=1e-4,
-        beta=0.0,
-    )
-
-
 def test_ptst_stages_run_with_their_own_cap_and_group_from_the_previous_stage(
     platform: Embedded, toy: dict[str, Any]
 ) -> None:
-    job = platform.run(_grpo_spec(toy, str(toy["student"])))
+    job = platform.run(two_stage_grpo_spec(toy, str(toy["student"])))
     assert job.status == "succeeded", job.error
     first, second = _stages(platform, job.id)
     assert (first.status, second.status) == ("succeeded", "succeeded")
@@ -191,7 +178,9 @@ def test_killed_run_is_relaunched_and_resumes_stage_two(
         stale_after_s=4.0,
         torch_threads=1,
     )
-    job_id = platform.submit(_grpo_spec(toy, str(toy["student"]), steps=8, processes=processes))
+    job_id = platform.submit(
+        two_stage_grpo_spec(toy, str(toy["student"]), steps=8, processes=processes)
+    )
     discard_messages(platform)  # launched below by the watcher's launcher instead
     launcher = LocalLauncher()
     handle = watcher.launch(platform.db, launcher, settings, str(job_id))
@@ -239,6 +228,22 @@ def test_killed_run_is_relaunched_and_resumes_stage_two(
     assert Path(second.resume_checkpoint).parent == stage2_dir
     steps = [m.step for m in _metric(platform, job_id, "loss") if m.stage_idx == 1]
     assert steps == list(range(1, 9))
+    # The job's log tells of the relaunch; the redone steps' samples are kept once each.
+    with platform.db.session() as session:
+        log = list(
+            session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
+        )
+        query = select(RolloutSample.stage_idx, RolloutSample.step)
+        rows = session.execute(query.where(RolloutSample.job_id == job_id))
+        samples = sorted((stage, step) for stage, step in rows)
+    (relaunched,) = [e for e in log if e.type == "relaunched"]
+    assert relaunched.data["attempt"] == 2
+    assert "attempt 1" in relaunched.data["reason"]
+    assert [e.data["attempt"] for e in log if e.type == "started"] == [1, 2]
+    resumed = [e for e in log if e.type == "stage.started" and e.stage_idx == 1][-1]
+    assert f"checkpoint-{resumed.data['resumed_from_step']}" == Path(second.resume_checkpoint).name
+    # 2 prompts (of 4 completions) per stage-1 step, 4 (of 2) per stage-2 step: one sample each.
+    assert samples == sorted([(0, n) for n in range(1, 9)] * 2 + [(1, n) for n in range(1, 9)] * 4)
 
 
 def _last_handle(platform: Embedded, job_id: uuid.UUID) -> str:

@@ -1,7 +1,9 @@
-"""Spec fields that reach the trainer: the DeepSpeed config and the prompt-length limit."""
+"""Spec fields that reach the trainer: the DeepSpeed config, the prompt-length limit and the
+experiment trackers."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from services.trainer.callbacks import run_arguments
 from services.trainer.data import PromptRow, grpo_records
 from services.trainer.grpo import prompt_length, within_prompt_length
 from services.trainer.models import load_policy
+from services.trainer.reporting import TRACKER_PACKAGES
 from shared.errors import InvalidInput
 from shared.fixtures.tiny import build_tiny_vlm
 from tests.helpers import write_image
@@ -41,3 +44,19 @@ def test_prompts_over_max_prompt_length_are_left_out(tmp_path: Path) -> None:
     assert within_prompt_length(records, policy, long) == records
     with pytest.raises(InvalidInput, match="max_prompt_length"):
         within_prompt_length(records, policy, short - 1)
+
+
+def test_report_to_reaches_the_training_arguments_with_the_run_name() -> None:
+    assert run_arguments(0, 10)["report_to"] == "none"  # the platform's own metrics only
+    args = run_arguments(0, 10, report_to=["tensorboard"], run_name="tiny sft 1234")
+    assert (args["report_to"], args["run_name"]) == (["tensorboard"], "tiny sft 1234")
+
+
+def test_a_tracker_whose_package_is_missing_is_refused_by_name() -> None:
+    missing = [t for t, p in TRACKER_PACKAGES.items() if importlib.util.find_spec(p) is None]
+    if not missing:
+        pytest.skip("every tracker package is installed here")
+    tracker = missing[0]
+    needs = f"report_to {tracker} needs the '{TRACKER_PACKAGES[tracker]}' package"
+    with pytest.raises(InvalidInput, match=needs):
+        run_arguments(0, 10, report_to=["tensorboard", tracker])

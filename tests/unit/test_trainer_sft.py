@@ -134,3 +134,30 @@ def test_resume_restores_the_checkpoint_weights_of_a_vlm(tmp_path: Path) -> None
     assert steps == [2, 3]
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_epoch_run_reports_the_steps_it_plans_before_the_first(tmp_path: Path) -> None:
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Description: shape {i}. Question: colour?"},
+                {"role": "assistant", "content": ANSWER},
+            ]
+        }
+        for i in range(6)
+    ]
+    train = _write(tmp_path / "text.json", rows)
+    options = OPTIONS.model_copy(update={"max_steps": None, "epochs": 1.5})
+    heard: list[tuple[str, int]] = []
+    run_sft(
+        build_tiny_text_lm(tmp_path / "lm"),
+        train,
+        tmp_path / "run",
+        options,
+        on_log=lambda step, _: heard.append(("step", step)),
+        on_plan=lambda steps: heard.append(("plan", steps)),
+    )
+    (_, planned), *steps = heard
+    assert heard[0][0] == "plan"
+    assert steps == [("step", step) for step in range(1, planned + 1)]
+    assert planned > 3  # more than one epoch of 3 batches: the epochs, not a cap, set it

@@ -1,0 +1,264 @@
+"""The dashboard as a person uses it: log in with the team's key, read the jobs of a real
+pipeline run, and act on them; what the pages show is checked against the API."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser.conftest import Site, log_in, screenshot
+
+pytestmark = pytest.mark.integration
+
+
+def _open(page: Page, site: Site, route: str) -> None:
+    page.goto(f"{site.base}/ui/#{route}")
+
+
+def _images_loaded(page: Page, selector: str) -> None:
+    """Every image under ``selector`` decoded (fetched with the key, shown by object URL)."""
+    page.wait_for_function(
+        """(selector) => {
+            const images = [...document.querySelectorAll(selector)];
+            return images.length > 0 && images.every((i) => i.complete && i.naturalWidth > 0);
+        }""",
+        arg=selector,
+    )
+
+
+def test_a_wrong_key_is_refused_at_login(page: Page, site: Site) -> None:
+    page.goto(f"{site.base}/")
+    expect(page).to_have_url(re.compile(r"/ui/#/login"))
+    page.fill("#api-key", "vr1_000000000000_not-a-key")
+    page.click("button[type=submit]")
+    expect(page.locator(".login-error")).to_have_text("Invalid key.")
+    assert page.evaluate("sessionStorage.length") == 0
+    screenshot(page, "login-refused")
+
+
+def test_log_out_and_a_revoked_key_lead_back_to_login(page: Page, site: Site) -> None:
+    log_in(page, site)
+    page.click("#logout")
+    expect(page.locator("#api-key")).to_be_visible()
+    assert page.evaluate("sessionStorage.length") == 0
+    _open(page, site, f"/jobs/{site.pipeline['id']}")
+    expect(page).to_have_url(re.compile(r"#/login\?next=%23%2Fjobs%2F"))
+    # A key the API stops accepting sends the user back to login, then where they were.
+    page.evaluate("sessionStorage.setItem('vr1.apiKey', 'vr1_000000000000_gone')")
+    _open(page, site, "/datasets")
+    expect(page).to_have_url(re.compile(r"#/login\?next=%23%2Fdatasets$"))
+    assert page.evaluate("sessionStorage.length") == 0
+    page.fill("#api-key", site.key)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(re.compile(r"#/datasets$"))
+
+
+def test_jobs_list_shows_the_pipeline_and_its_children(page: Page, site: Site) -> None:
+    log_in(page, site)
+    jobs = [site.pipeline, *site.children.values()]
+    for job in jobs:
+        row = page.locator(f'tr[data-job-id="{job["id"]}"]')
+        expect(row).to_be_visible()
+        expect(row.locator(".badge")).to_have_text("succeeded")
+    steps = len(site.children)  # the pipeline's own progress counts its finished children
+    expect(page.locator(f'tr[data-job-id="{site.pipeline["id"]}"] .progress-text')).to_have_text(
+        f"{steps}/{steps} jobs"
+    )
+    grpo = site.children["grpo"]
+    stages = grpo["spec"]["stages"]
+    steps = sum(stage["steps"] for stage in stages)
+    grpo_row = page.locator(f'tr[data-job-id="{grpo["id"]}"]')
+    expect(grpo_row.locator(".progress-text")).to_have_text(f"{steps}/{steps} steps")
+    last = stages[-1]
+    shape = f"{last['max_completion_tokens']}×{last['group_size']}"
+    expect(grpo_row).to_contain_text(f"stage {len(stages)}/{len(stages)} · {shape}")
+    coldstart = site.children["coldstart"]
+    expect(page.locator(f'tr[data-job-id="{coldstart["id"]}"] .progress-text')).to_have_text(
+        f"{coldstart['items_total']}/{coldstart['items_total']} items"
+    )
+    screenshot(page, "jobs")
+
+    page.select_option("select[name=kind]", "grpo")
+    expect(page).to_have_url(re.compile(r"#/jobs\?kind=grpo$"))
+    expect(page.locator("table.jobs tbody tr")).to_have_count(1)
+    expect(page.locator(f'tr[data-job-id="{grpo["id"]}"]')).to_be_visible()
+    page.reload()  # the filter lives in the URL
+    expect(page.locator("select[name=kind]")).to_have_value("grpo")
+
+
+def test_pipeline_page_links_its_steps(page: Page, site: Site) -> None:
+    log_in(page, site)
+    _open(page, site, f"/jobs/{site.pipeline['id']}")
+    cards = page.locator(".chain a.step-card")
+    expect(cards).to_have_count(len(site.children))
+    kinds = [cards.nth(i).get_attribute("data-kind") for i in range(len(site.children))]
+    assert kinds == ["coldstart", "sft", "grpo", "eval"]
+    for kind, child in site.children.items():
+        card = page.locator(f'.chain a.step-card[data-kind="{kind}"]')
+        expect(card).to_have_attribute("href", f"#/jobs/{child['id']}")
+        expect(card.locator(".badge")).to_have_text("succeeded")
+    screenshot(page, "pipeline")
+
+    page.locator('.chain a.step-card[data-kind="grpo"]').click()
+    expect(page.locator("h1")).to_have_text(site.children["grpo"]["name"])
+    expect(page.locator(f'a[href="#/jobs/{site.pipeline["id"]}"]')).to_be_visible()
+
+
+def test_grpo_page_shows_stages_charts_and_rollouts(page: Page, site: Site) -> None:
+    grpo = site.children["grpo"]
+    stages = grpo["spec"]["stages"]
+    log_in(page, site)
+    _open(page, site, f"/jobs/{grpo['id']}")
+    rows = page.locator("table.stages tbody tr")
+    expect(rows).to_have_count(len(stages))
+    for row, stage in zip((rows.nth(0), rows.nth(1)), stages, strict=True):
+        expect(row).to_contain_text(f"{stage['max_completion_tokens']} × {stage['group_size']}")
+        expect(row).to_contain_text(f"{stage['steps']}/{stage['steps']}")
+        expect(row.locator(".badge")).to_have_text("succeeded")
+
+    chart = page.locator('figure[data-metric="completion_len_max"] svg')
+    expect(chart.locator("line.boundary")).to_have_count(1)
+    expect(chart.locator("line.cap")).to_have_count(2)
+    expect(chart.locator("polyline.series")).to_have_count(2)
+    boundary = float(chart.locator("line.boundary").get_attribute("x1") or "nan")
+    first, second = (
+        [float(p.split(",")[0]) for p in (series.get_attribute("points") or "").split()]
+        for series in (
+            chart.locator("polyline.series").nth(0),
+            chart.locator("polyline.series").nth(1),
+        )
+    )
+    assert max(first) < boundary < min(second)  # the line stands between the two stages
+    caps = [float(chart.locator("line.cap").nth(i).get_attribute("y1") or "nan") for i in (0, 1)]
+    assert caps[1] < caps[0]  # stage 2's larger cap is drawn higher
+    for name in ("reward_mean", "accuracy", "loss", "kl"):
+        expect(page.locator(f'figure[data-metric="{name}"] polyline.series')).to_have_count(2)
+    chart.hover()
+    expect(page.locator('figure[data-metric="completion_len_max"] .chart-tip')).to_contain_text(
+        "step"
+    )
+
+    samples = page.locator("table.samples tbody tr")
+    expect(samples.first).to_be_visible()
+    _images_loaded(page, "table.samples tbody tr:first-child img")
+    expect(samples.first.locator("pre.completion")).not_to_be_empty()
+    checkpoints = page.locator("table.stages tbody button", has_text="Download")
+    expect(checkpoints).to_have_count(2)
+    events = page.locator("ol.events li.event")
+    expect(events.filter(has_text="stage.finished")).to_have_count(2)
+    screenshot(page, "grpo")
+    page.set_viewport_size({"width": 1920, "height": 1080})
+    screenshot(page, "grpo-1920")
+
+
+def test_coldstart_page_shows_the_funnel_of_the_api(page: Page, site: Site, tmp_path: Path) -> None:
+    coldstart = site.children["coldstart"]
+    with site.api() as client:
+        funnel = client.get(f"/v1/jobs/{coldstart['id']}/funnel").json()
+        records = client.get(f"/v1/jobs/{coldstart['id']}/records").json()
+        artifacts = client.get(f"/v1/jobs/{coldstart['id']}/artifacts").json()
+    log_in(page, site)
+    _open(page, site, f"/jobs/{coldstart['id']}")
+    for step in ("items_in", "captioned", "described", "reasoned", "verified", "kept"):
+        count = page.locator(f'.funnel-row[data-step="{step}"] .count')
+        expect(count).to_have_text(str(funnel[step]))
+    expect(page.locator("article.record")).to_have_count(min(10, records["total"]))
+    _images_loaded(page, "article.record img")
+    screenshot(page, "coldstart")
+
+    report = next(a for a in artifacts if a["kind"] == "report")
+    row = page.locator(f'tr[data-artifact-id="{report["id"]}"]')
+    with page.expect_download() as started:
+        row.get_by_role("button").click()
+    saved = tmp_path / "report.json"
+    started.value.save_as(saved)
+    assert saved.stat().st_size == report["size_bytes"]
+    assert json.loads(saved.read_text())["kept"] == funnel["kept"]
+
+
+def test_eval_page_shows_the_accuracy_table(page: Page, site: Site) -> None:
+    evaluation = site.children["eval"]
+    accuracy = evaluation["output"]["accuracy"]
+    log_in(page, site)
+    _open(page, site, f"/jobs/{evaluation['id']}")
+    for label, figures in accuracy.items():
+        row = page.locator(f'table.accuracy tr[data-dataset="{label}"]')
+        expect(row).to_contain_text(f"{100 * figures['accuracy']:.1f}%")
+        expect(row).to_contain_text(f"{100 * figures['format_rate']:.1f}%")
+    with site.api() as client:
+        results = client.get(f"/v1/jobs/{evaluation['id']}/results").json()
+    expect(page.locator("table.results tbody tr")).to_have_count(min(10, results["total"]))
+    screenshot(page, "eval")
+
+
+def test_dataset_page_shows_items_with_images(page: Page, site: Site) -> None:
+    log_in(page, site)
+    _open(page, site, "/datasets")
+    for dataset_id in site.datasets.values():
+        expect(page.locator(f'tr[data-dataset-id="{dataset_id}"]')).to_be_visible()
+    screenshot(page, "datasets")
+    with site.api() as client:
+        source = client.get(f"/v1/datasets/{site.datasets['source']}").json()
+    page.locator(f'tr[data-dataset-id="{source["id"]}"] a').click()
+    expect(page.locator("h1")).to_have_text(source["name"])
+    expect(page.locator("table.items tbody tr")).to_have_count(min(20, source["size"]))
+    _images_loaded(page, "table.items img")
+    screenshot(page, "dataset")
+
+
+def test_another_team_sees_none_of_these_jobs(page: Page, site: Site) -> None:
+    log_in(page, site, site.other_key)
+    expect(page.locator("main")).to_contain_text("No jobs yet.")
+    expect(page.locator("tr[data-job-id]")).to_have_count(0)
+    screenshot(page, "other-team")
+    _open(page, site, f"/jobs/{site.pipeline['id']}")
+    expect(page.locator("h1")).to_have_text("Job not found")
+    screenshot(page, "other-team-job")
+
+
+def _queued_job(site: Site, name: str) -> dict[str, Any]:
+    """An SFT job nobody runs (nothing relays its messages): it stays queued."""
+    spec = {
+        "kind": "sft",
+        "model": site.pipeline["spec"]["base_model"],
+        "dataset_id": site.children["coldstart"]["output"]["dataset_id"],
+        "max_steps": 1,
+    }
+    with site.api() as client:
+        job: dict[str, Any] = client.post("/v1/jobs", json={"name": name, "spec": spec}).json()
+    assert job["status"] == "queued"
+    return job
+
+
+def test_an_open_job_page_follows_the_job_without_reloading(page: Page, site: Site) -> None:
+    job = _queued_job(site, "followed")
+    log_in(page, site)
+    _open(page, site, f"/jobs/{job['id']}")
+    expect(page.locator(".job-head .badge")).to_have_text("queued")
+    expect(page.locator("ol.events li.event")).not_to_have_count(0)
+    page.evaluate("window.sameDocument = true")
+    with site.api() as client:
+        assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+    expect(page.locator(".job-head .badge")).to_have_text("cancelled")
+    expect(page.locator("ol.events li.event").last).to_contain_text("cancelled")
+    expect(page.locator(".job-head button", has_text="Cancel")).to_have_count(0)
+    assert page.evaluate("window.sameDocument") is True  # updated in place, not reloaded
+
+
+def test_cancel_an_active_job_from_the_list(page: Page, site: Site) -> None:
+    job = _queued_job(site, "to-cancel")
+    log_in(page, site)
+    row = page.locator(f'tr[data-job-id="{job["id"]}"]')
+    expect(row.locator(".badge")).to_have_text("queued")
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name="Cancel").click()
+    expect(row.locator(".badge")).to_have_text("cancelled")
+    expect(row.get_by_role("button", name="Cancel")).to_have_count(0)
+    with site.api() as client:
+        assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
+    screenshot(page, "cancelled")
