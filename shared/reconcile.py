@@ -42,7 +42,7 @@ from shared.coldstart import ensure_records
 from shared.contracts import queues
 from shared.contracts.specs import ColdstartSpec, parse_spec
 from shared.contracts.status import JOB_ACTIVE, RECORD_TERMINAL, RecordStep
-from shared.db.models import GenerationRecord, Job, Run, utcnow
+from shared.db.models import GenerationRecord, Job, Run, as_utc, utcnow
 from shared.db.session import Database, enqueue_after_commit
 from shared.events import EventType
 from shared.jobs import chunked, coldstart_item_ids
@@ -128,10 +128,6 @@ def _sweep_lock(session: Session) -> bool:
     return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": _LOCK_ID}))
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=utcnow().tzinfo)
-
-
 def _coldstart(
     session: Session, job: Job, in_flight: InFlight, stale_before: datetime, resent: Resent
 ) -> None:
@@ -158,7 +154,7 @@ def _coldstart(
         .where(GenerationRecord.job_id == job.id)
     ).one()
     records, settled = int(counts[0]), int(counts[1])
-    if records < job.items_total and _aware(job.created_at) < stale_before:
+    if records < job.items_total and as_utc(job.created_at) < stale_before:
         # Items no chunk ever reached (their messages were lost before the first visit).
         query = select(GenerationRecord.item_id).where(GenerationRecord.job_id == job.id)
         have = {str(i) for i in session.scalars(query)}
@@ -193,7 +189,7 @@ def _coldstart(
 
 def _quiet_since(job: Job, stale_before: datetime) -> bool:
     last = job.started_at or job.created_at
-    return _aware(last) < stale_before
+    return as_utc(last) < stale_before
 
 
 def _training(
@@ -201,7 +197,7 @@ def _training(
 ) -> None:
     if job.status != "queued" or (queues.TRAIN_LAUNCH, str(job.id)) in in_flight.jobs:
         return
-    if _aware(job.created_at) >= stale_before:
+    if as_utc(job.created_at) >= stale_before:
         return
     launched = session.scalar(select(exists().where(Run.job_id == job.id)))
     if not launched:
@@ -220,7 +216,7 @@ def _pipeline(
     if any(c.status in JOB_ACTIVE for c in children):
         return  # the running child tells the pipeline when it ends
     last = max((c.finished_at or c.created_at for c in children), default=job.created_at)
-    if _aware(last) < stale_before:
+    if as_utc(last) < stale_before:
         enqueue_after_commit(session, queues.JOB_ADVANCE, [str(job.id)])
         resent.count(job.id)
         message = "The pipeline did not move on: sent its next step again"

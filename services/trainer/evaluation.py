@@ -45,11 +45,23 @@ class EvalItem:
 
 @dataclass(frozen=True)
 class EvalSummary:
-    """Per-item results with accuracy and format rate over the items judged."""
+    """Per-item results with accuracy over the items judged, format rate, how many never
+    closed their answer (``</answer>`` missing after every try) and how many were resampled."""
 
     items: list[EvalItem]
     accuracy: float
     format_rate: float
+
+    @property
+    def missing_answer_rate(self) -> float:
+        """Share of rows whose last completion still has no ``</answer>``."""
+        missing = sum(ANSWER_CLOSE not in r.completion for r in self.items)
+        return missing / len(self.items) if self.items else 0.0
+
+    @property
+    def resampled(self) -> int:
+        """Rows that needed more than one try."""
+        return sum(r.tries > 1 for r in self.items)
 
     @property
     def n(self) -> int:

@@ -116,6 +116,8 @@ def _eval_datasets(
         table[label] = {
             "accuracy": summary.accuracy,
             "format_rate": summary.format_rate,
+            "missing_answer_rate": summary.missing_answer_rate,
+            "resampled": summary.resampled,
             "n": summary.n,
         }
         tracker.log(

@@ -26,7 +26,7 @@ from services.trainer.settings import TrainerSettings
 from shared import events
 from shared.contracts.specs import parse_spec
 from shared.contracts.status import JOB_ACTIVE, JobStatus, RunStatus
-from shared.db.models import Job, Run, utcnow
+from shared.db.models import Job, Run, as_utc, utcnow
 from shared.db.session import Database
 from shared.events import EventType
 from shared.jobs import finish_job, is_active
@@ -49,10 +49,6 @@ def settings_env(settings: TrainerSettings) -> dict[str, str]:
     if settings.torch_threads:
         env["VR1_TORCH_THREADS"] = str(settings.torch_threads)
     return env
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
 
 
 def launch(
@@ -145,7 +141,7 @@ def watch_once(db: Database, launcher: Launcher, settings: TrainerSettings) -> l
                     launcher.stop(run.handle)
                 run.status, run.ended_at = RunStatus.ENDED, utcnow()
                 continue
-            beat = _aware(job.heartbeat_at) or _aware(run.started_at)
+            beat = as_utc(job.heartbeat_at) or as_utc(run.started_at)
             if state.phase in ("succeeded", "failed", "unknown") or (beat and beat < stale_before):
                 if state.phase in ("running", "pending"):
                     launcher.stop(run.handle)

@@ -1,7 +1,7 @@
 """The browser tier: the dashboard in Debian's Chromium, driven by Playwright, against a
 real gateway on a real PostgreSQL database.
 
-One session builds the data once: datasets registered over the API, then a small
+The tier builds its data once: datasets registered over the API, then a small
 ``pipeline`` job (coldstart with the stand-in teachers → SFT → GRPO in two PTST stages →
 eval; the sizes of tests/e2e/test_compose_pipeline.py) submitted over the API and run to
 completion by the embedded runner on the same database and artifact store.  A second team
@@ -72,7 +72,7 @@ def _run_pipeline(
     return pipeline, ids
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def site(teachers: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """A gateway over a finished pipeline, with a key for its team and one for another."""
     root = tmp_path_factory.mktemp("dashboard")
@@ -101,9 +101,11 @@ def site(teachers: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
         platform.db.dispose()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's Chromium (a browser cannot be downloaded here, so Playwright never does)."""
+    """Debian's Chromium (a browser cannot be downloaded here, so Playwright never does).
+    Playwright's sync API keeps an event loop running in this thread while it is open, so
+    it is closed when this tier ends, before any other test calls ``asyncio.run``."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing; install it: apt-get install -y chromium")
     with sync_playwright() as playwright:

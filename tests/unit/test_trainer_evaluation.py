@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from services.trainer.data import EvalRow
-from services.trainer.evaluation import evaluate
+from services.trainer.evaluation import EvalItem, EvalSummary, evaluate
 from shared.contracts.specs import EvalOptions
 from shared.fixtures.tiny import build_tiny_text_lm, build_tiny_vlm
 from shared.rewards import InlineVerifier, Scorer
@@ -54,6 +54,17 @@ def test_rows_without_an_answer_block_are_resampled_up_to_max_tries(
     assert summary.format_rate == 0.0
     assert summary.accuracy == 0.0
     assert all(item.correct is False for item in summary.items)
+    assert (summary.missing_answer_rate, summary.resampled) == (1.0, 3)
+
+
+def test_missing_answers_and_resamples_are_counted_per_row() -> None:
+    def item(index: int, completion: str, tries: int) -> EvalItem:
+        return EvalItem(index, str(index), completion, None, None, False, tries)
+
+    rows = [item(0, "<answer>red</answer>", 1), item(1, "<answer>blue", 3), item(2, "x", 2)]
+    summary = EvalSummary(rows, accuracy=0.0, format_rate=0.0)
+    assert summary.missing_answer_rate == pytest.approx(2 / 3)
+    assert summary.resampled == 2
 
 
 def test_same_seed_same_completions_and_greedy_tries_once(vlm: Path, tmp_path: Path) -> None:
