@@ -251,8 +251,9 @@ def test_an_open_job_page_follows_the_job_without_reloading(page: Page, site: Si
 
 
 def test_cancel_an_active_job_from_the_list(page: Page, site: Site) -> None:
-    job = _queued_job(site, "to-cancel")
     log_in(page, site)
+    expect(page.locator("tr[data-job-id]").first).to_be_visible()
+    job = _queued_job(site, "to-cancel")  # submitted elsewhere while the list is open
     row = page.locator(f'tr[data-job-id="{job["id"]}"]')
     expect(row.locator(".badge")).to_have_text("queued")
     page.once("dialog", lambda dialog: dialog.accept())

@@ -1,4 +1,4 @@
-// The jobs list: newest first, filters and paging in the URL hash, live while jobs run.
+// The jobs list: newest first, filters and paging in the URL hash, live while it is shown.
 
 import { call, get } from "./api.js";
 import { badge, fill, h, note, table, when } from "./dom.js";
@@ -88,7 +88,7 @@ export async function jobsPage(view, main, { query }) {
   const refresh = async () => {
     const page = await get("/v1/jobs", { limit: PAGE, offset, kind, status });
     const key = JSON.stringify(page);
-    if (!view.alive || key === drawn) return view.alive && page.items.some(isActive);
+    if (!view.alive || key === drawn) return view.alive;
     drawn = key;
     fill(body, ...page.items.map((job) => row(job, refresh)));
     if (!page.items.length) {
@@ -119,8 +119,9 @@ export async function jobsPage(view, main, { query }) {
           )
         : null,
     );
-    return page.items.some(isActive);
+    return view.alive;
   };
   view.show(main, h("div", { class: "page-head" }, h("h1", {}, "Jobs"), filters), content, footer);
+  // Polled while shown, active jobs or not: a job submitted elsewhere appears by itself.
   if (await refresh()) view.poll(refresh);
 }
