@@ -31,7 +31,7 @@ from shared.contracts.api import FunnelOut
 from shared.contracts.specs import ColdstartSpec, EngineSpec, parse_spec
 from shared.contracts.status import RECORD_TERMINAL, JobStatus, RecordStatus, RecordStep
 from shared.db.models import GenerationCache, GenerationRecord, Item, Job, utcnow
-from shared.db.session import Database
+from shared.db.session import Database, count_rows
 from shared.errors import InvalidInput, WrongJobKind
 from shared.events import ITEM_FAILURES_LOGGED, EventType
 from shared.jobs import add_counters, get_job
@@ -317,7 +317,7 @@ def list_records(
         query = query.where(GenerationRecord.status == filters.status)
     if filters.reason is not None:
         query = query.where(GenerationRecord.reject_reason == filters.reason)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    total = count_rows(session, query)
     rows = session.execute(query.order_by(Item.idx).limit(limit).offset(offset))
     return [(record, item) for record, item in rows], total
 

@@ -22,11 +22,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.contracts.api import DatasetCreate, RowError, nul_free
 from shared.db.models import Dataset, Item, Team
+from shared.db.session import count_rows
 from shared.errors import (
     Conflict,
     DatasetInvalid,
@@ -307,7 +308,7 @@ def list_datasets(
     query = select(Dataset).where(Dataset.team_id == team.id)
     if kind:
         query = query.where(Dataset.kind == kind)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    total = count_rows(session, query)
     rows = session.scalars(query.order_by(Dataset.created_at.desc()).limit(limit).offset(offset))
     return list(rows), total
 

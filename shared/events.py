@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.contracts.status import JobStatus
 from shared.db.models import Job, JobEvent
+from shared.db.session import count_rows
 
 
 class EventType(StrEnum):
@@ -85,7 +86,7 @@ def list_events(
         query = query.where(JobEvent.type.in_(filters.types))
     if filters.level:
         query = query.where(JobEvent.level == filters.level)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    total = count_rows(session, query)
     rows = session.scalars(query.order_by(JobEvent.id).limit(limit).offset(offset))
     return list(rows), total
 

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -38,7 +38,7 @@ from shared.db.models import (
     Team,
     utcnow,
 )
-from shared.db.session import enqueue_after_commit
+from shared.db.session import count_rows, enqueue_after_commit
 from shared.errors import Conflict, InvalidInput, JobNotFound
 from shared.events import EventType
 from shared.teams import load_owned
@@ -266,7 +266,7 @@ def list_jobs(
         query = query.where(Job.kind == filters.kind)
     if filters.parent_id:
         query = query.where(Job.parent_id == filters.parent_id)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    total = count_rows(session, query)
     page = session.scalars(
         query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
     )
@@ -348,7 +348,7 @@ def list_samples(
         query = query.where(RolloutSample.stage_idx == filters.stage)
     if filters.step is not None:
         query = query.where(RolloutSample.step == filters.step)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    total = count_rows(session, query)
     order = (RolloutSample.stage_idx, RolloutSample.step, RolloutSample.idx)
     return list(session.scalars(query.order_by(*order).limit(limit).offset(offset))), total
 
@@ -372,7 +372,7 @@ def list_results(
         query = query.where(EvalResult.dataset_id == filters.dataset_id)
     if filters.correct is not None:
         query = query.where(EvalResult.correct == filters.correct)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    total = count_rows(session, query)
     order = (EvalResult.dataset_id, Item.idx, EvalResult.label)
     rows = session.execute(query.order_by(*order).limit(limit).offset(offset))
     return [(result, item) for result, item in rows], total

@@ -22,6 +22,15 @@ if TYPE_CHECKING:
     from shared.contracts.specs import GrpoSpec
 
 REPO = Path(__file__).resolve().parents[1]
+# SFT options that teach a tiny model in a few steps on a CPU.
+FAST_SFT = {
+    "learning_rate": 1e-3,
+    "lr_scheduler": "constant",
+    "warmup_ratio": 0.0,
+    "max_length": 256,
+    "global_batch_size": 4,
+    "per_device_batch_size": 4,
+}
 
 
 @dataclass

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Engine, create_engine, delete, event, select
+from sqlalchemy import Engine, Select, create_engine, delete, event, func, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -87,6 +87,11 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+
+
+def count_rows(session: Session, query: Select[*tuple[Any, ...]]) -> int:
+    """How many rows ``query`` matches: the total beside one page of it."""
+    return session.scalar(select(func.count()).select_from(query.subquery())) or 0
 
 
 def enqueue_after_commit(session: Session, task_name: str, args: list[Any]) -> None:

@@ -32,7 +32,7 @@ from shared.contracts.api import ProgressOut
 from shared.contracts.specs import EvalSpec
 from shared.db.models import Artifact, Dataset, Job, Metric
 from shared.settings import BaseVR1Settings
-from tests.helpers import discard_messages, free_port, training_toy, two_stage_grpo_spec
+from tests.helpers import FAST_SFT, discard_messages, free_port, training_toy, two_stage_grpo_spec
 
 pytestmark = pytest.mark.integration
 VR1 = str(Path(sys.executable).with_name("vr1"))
@@ -96,12 +96,7 @@ def sft_spec(toy: dict[str, Any]) -> dict[str, object]:
         "model": str(toy["student"]),
         "dataset_id": toy["cold"],
         "max_steps": 3,
-        "learning_rate": 1e-3,
-        "lr_scheduler": "constant",
-        "warmup_ratio": 0.0,
-        "max_length": 256,
-        "global_batch_size": 4,
-        "per_device_batch_size": 4,
+        **FAST_SFT,
         "report_to": ["tensorboard"],
     }
 

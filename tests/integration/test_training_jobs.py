@@ -28,18 +28,10 @@ from services.trainer.settings import TrainerSettings
 from shared.contracts.specs import SftSpec
 from shared.db.models import Artifact, Job, JobEvent, Metric, RolloutSample, Run, Stage
 from shared.settings import BaseVR1Settings
-from tests.helpers import discard_messages, free_port, training_toy, two_stage_grpo_spec
+from tests.helpers import FAST_SFT, discard_messages, free_port, training_toy, two_stage_grpo_spec
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-FAST_SFT = {
-    "learning_rate": 1e-3,
-    "lr_scheduler": "constant",
-    "warmup_ratio": 0.0,
-    "max_length": 256,
-    "global_batch_size": 4,
-    "per_device_batch_size": 4,
-}
 
 
 @pytest.fixture
