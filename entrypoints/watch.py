@@ -22,6 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from entrypoints.console import duration
 from shared.client import ApiNotFound, Client
 from shared.contracts.api import EventOut, JobOut
 from shared.progress import counted
@@ -102,12 +103,7 @@ def progress_line(job: JobOut) -> str:
 def _plain_line(job: JobOut, elapsed: float) -> str:
     """A progress line for logs: counts, elapsed time, and the ETA at the rate so far."""
     at = job.progress
-    line = f"[{_clock(elapsed)}] {job.status} · {progress_line(job)}"
+    line = f"[{duration(elapsed)}] {job.status} · {progress_line(job)}"
     if at.total and 0 < at.done < at.total:
-        line += f", ETA {_clock(elapsed / at.done * (at.total - at.done))}"
+        line += f", ETA {duration(elapsed / at.done * (at.total - at.done))}"
     return line
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
