@@ -23,7 +23,6 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, Update, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.event import listen
 from sqlalchemy.orm import Session
 
 from shared import events
@@ -255,11 +254,11 @@ def claim_completion(session: Session, job_id: uuid.UUID) -> bool:
     if claimed:
         # The assembly that follows may still fail the job (nothing kept): the outcome event
         # is written as this transaction commits, with the outcome it settled on.
-        listen(session, "before_commit", partial(_record_outcome, job_id), once=True)
+        events.record_at_commit(session, partial(_record_outcome, job_id))
     return bool(claimed)
 
 
-def _record_outcome(job_id: uuid.UUID, session: Session) -> None:
+def _record_outcome(job_id: uuid.UUID, session: Session) -> None:  # at commit
     job = session.get(Job, job_id)
     if job is not None:
         events.record_outcome(session, job)

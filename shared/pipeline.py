@@ -68,7 +68,9 @@ def _settle(
 
 def advance(session: Session, parent_id: uuid.UUID | str) -> None:
     """Start the next child, or settle the pipeline from its children's outcomes."""
-    parent = session.get(Job, uuid.UUID(str(parent_id)), with_for_update=True)
+    # FOR NO KEY UPDATE: events of the job inserted meanwhile (their foreign key check
+    # takes a key-share lock on this row) are not blocked by it.
+    parent = session.get(Job, uuid.UUID(str(parent_id)), with_for_update={"key_share": True})
     if parent is None or parent.status in JOB_TERMINAL:
         return
     spec = parse_spec(parent.spec)

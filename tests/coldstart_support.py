@@ -126,6 +126,27 @@ class Child:
         self.process.wait(timeout=30)
         self.process = None
 
+    def kill_when(self, caught: Callable[[], bool], what: str, timeout_s: float = 180) -> None:
+        """SIGKILL the group at a moment ``caught()`` holds while the group stands stopped.
+
+        A check followed by a kill races the process: by the kill it may have moved past
+        what the check saw. Stopping the group first (SIGSTOP), letting commits in flight
+        land, and checking again makes the state seen the state the process dies in.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if caught():
+                assert self.process is not None
+                os.killpg(self.process.pid, signal.SIGSTOP)
+                time.sleep(0.2)
+                if caught():
+                    self.kill()
+                    return
+                os.killpg(self.process.pid, signal.SIGCONT)
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what} in {self.name}")
+
     def stop(self) -> None:
         """SIGTERM the group, then SIGKILL what is left after a grace period."""
         if self.process is not None and self.process.poll() is None:

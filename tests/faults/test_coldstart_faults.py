@@ -167,9 +167,9 @@ def test_sigkill_of_each_worker_kind_mid_job(cluster: Cluster) -> None:
     def mid_caption() -> bool:  # a chunk holds a Pseudo-CoT and no description yet
         return any(r.step == "captioned" for r in cluster.records(job_id))
 
-    cluster.wait("a captioner mid-chunk", mid_caption)
-    captioner.kill()
+    captioner.kill_when(mid_caption, "a chunk captioned and not described")
     stranded = {r.item_id for r in cluster.records(job_id) if r.step == "captioned"}
+    assert stranded
     pool.start("captioner")
     caption_recovery = cluster.wait(
         "the stranded chunk described",
@@ -183,9 +183,9 @@ def test_sigkill_of_each_worker_kind_mid_job(cluster: Cluster) -> None:
     def mid_reason() -> bool:  # reasoned but not judged yet
         return any(r.step == "reasoned" and r.status == "pending" for r in cluster.records(job_id))
 
-    cluster.wait("a reasoner mid-chunk", mid_reason)
-    reasoner.kill()
+    reasoner.kill_when(mid_reason, "a chunk reasoned and not judged")
     unjudged = {r.item_id for r in cluster.records(job_id) if r.status == "pending"}
+    assert unjudged
     pool.start("reasoner")
 
     def judged() -> bool:

@@ -172,8 +172,7 @@ def test_killed_workers_lose_and_repeat_nothing(cluster: dict[str, Any]) -> None
         steps = [r.step for r in _records(db, job_id)]
         return "captioned" in steps and steps.count("described") < n - 2
 
-    _wait("a captioner mid-chunk", mid_caption, pool)
-    captioner.kill()
+    captioner.kill_when(mid_caption, "a chunk captioned and not described")
     stranded = [r.item_id for r in _records(db, job_id) if r.step == "captioned"]
     pool.start("captioner")
     _wait(
@@ -189,8 +188,7 @@ def test_killed_workers_lose_and_repeat_nothing(cluster: dict[str, Any]) -> None
     def mid_reason() -> bool:
         return any(r.step == "reasoned" and r.status == "pending" for r in _records(db, job_id))
 
-    _wait("a reasoner mid-chunk", mid_reason, pool)
-    reasoner.kill()
+    reasoner.kill_when(mid_reason, "a chunk reasoned and not judged")
     unjudged = [r.item_id for r in _records(db, job_id) if r.status == "pending"]
     pool.start("reasoner")
 
