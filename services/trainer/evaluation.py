@@ -170,7 +170,12 @@ def _judge(
         results.append(item)
         if on_item is not None:
             on_item(item)
-    judged = [r for r in results if r.correct is not None]
+    return summarize(results)
+
+
+def summarize(items: list[EvalItem]) -> EvalSummary:
+    """Accuracy over the items judged and format rate over all."""
+    judged = [r for r in items if r.correct is not None]
     accuracy = sum(bool(r.correct) for r in judged) / len(judged) if judged else 0.0
-    format_rate = sum(r.format_ok for r in results) / len(results) if results else 0.0
-    return EvalSummary(results, accuracy, format_rate)
+    format_rate = sum(r.format_ok for r in items) / len(items) if items else 0.0
+    return EvalSummary(items, accuracy, format_rate)

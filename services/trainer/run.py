@@ -14,14 +14,14 @@ import signal
 import sys
 import traceback
 import uuid
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
 from services.trainer.callbacks import TrainingStopped
-from services.trainer.evaluation import EvalItem, eval_engine_spec, evaluate
-from services.trainer.inputs import prompt_rows, sft_train_file
+from services.trainer.eval_job import evaluate_datasets
+from services.trainer.evaluation import eval_engine_spec
+from services.trainer.inputs import sft_train_file
 from services.trainer.ptst import run_grpo_job
 from services.trainer.ranks import Ranks
 from services.trainer.reporting import run_name, save_tracker_files
@@ -36,9 +36,9 @@ from services.trainer.tracking import (
 from shared import events
 from shared.contracts.specs import EvalSpec, GrpoSpec, JobSpec, SftSpec, parse_spec
 from shared.contracts.status import JobStatus, StageStatus
-from shared.db.models import Dataset, EvalResult, Job, Run
+from shared.db.models import Job, Run
 from shared.db.session import Database, Dispatcher, outlasting
-from shared.engines import Engine, make_engine
+from shared.engines import make_engine
 from shared.errors import VR1Error, WrongJobKind
 from shared.events import EventType
 from shared.jobs import finish_job, get_job, is_active, mark_running
@@ -81,56 +81,11 @@ def run_eval_job(tracker: Tracker, spec: EvalSpec) -> dict[str, object]:
     tracker.start_stage(0, None)
     engine = make_engine(eval_engine_spec(path_from_uri(spec.model), spec))
     try:
-        table = _eval_datasets(tracker, spec, engine)
+        table = evaluate_datasets(tracker, spec, engine)
     finally:
         engine.close()
     tracker.finish_stage(0, StageStatus.SUCCEEDED, summary={"table": table})
     return {"accuracy": table}
-
-
-def _eval_datasets(
-    tracker: Tracker, spec: EvalSpec, engine: Engine
-) -> dict[str, dict[str, float | int]]:
-    """Each dataset through one engine; every item stored, a table row per dataset."""
-    table: dict[str, dict[str, float | int]] = {}
-    for dataset_id in spec.dataset_ids:
-        rows = prompt_rows(tracker.db, tracker.store, dataset_id)
-        summary = evaluate(Path(spec.model), rows, spec, engine=engine)
-        with tracker.db.session() as session:
-            for item in summary.items:
-                session.merge(
-                    EvalResult(
-                        job_id=tracker.job_id,
-                        dataset_id=uuid.UUID(dataset_id),
-                        item_id=uuid.UUID(str(item.id)),
-                        label="",
-                        tries=item.tries,
-                        completion=item.completion,
-                        extracted=item.extracted,
-                        correct=item.correct,
-                        reason=_eval_reason(item),
-                    )
-                )
-            name = session.get(Dataset, uuid.UUID(dataset_id))
-            label = name.name if name else dataset_id
-        table[label] = {
-            "accuracy": summary.accuracy,
-            "format_rate": summary.format_rate,
-            "missing_answer_rate": summary.missing_answer_rate,
-            "resampled": summary.resampled,
-            "n": summary.n,
-        }
-        tracker.log(
-            0, len(table), {"accuracy": summary.accuracy, "format_rate": summary.format_rate}
-        )
-    return table
-
-
-def _eval_reason(item: EvalItem) -> str | None:
-    """Why an item is not simply judged: the engine failed on it, or its format is bad."""
-    if item.error is not None:
-        return item.error.split(":", 1)[0][:64]
-    return None if item.format_ok else "bad_format"
 
 
 def _finish(

@@ -86,7 +86,7 @@ class Tracker:
     # Completions kept for people to read, by (stage, step), until that step's metrics go.
     _samples: dict[tuple[int, int], list[Sample]] = field(default_factory=dict, init=False)
 
-    def _in_session(self, work: Callable[[Session], T], what: str) -> T:
+    def in_session(self, work: Callable[[Session], T], what: str) -> T:
         """``work`` in one transaction, waiting out a database outage."""
 
         def once() -> T:
@@ -99,7 +99,7 @@ class Tracker:
         """Whether the job was cancelled (asked once per training step, by every process;
         the main process's answer holds for all, so that they stop at the same step)."""
         if not self.cached_cancel and self.ranks.is_main:
-            self.cached_cancel = self._in_session(
+            self.cached_cancel = self.in_session(
                 lambda session: is_cancelled(session, self.job_id), "cancellation"
             )
         self.cached_cancel = self.ranks.from_main(self.cached_cancel)
@@ -115,9 +115,9 @@ class Tracker:
                     if idx not in existing:
                         session.add(Stage(job_id=self.job_id, idx=idx, name=name, config=config))
 
-            self._in_session(create, "stage rows")
+            self.in_session(create, "stage rows")
         self.ranks.barrier()  # the others read the rows the main process made
-        return self._in_session(self._stage_rows, "stage rows")
+        return self.in_session(self._stage_rows, "stage rows")
 
     def _stage_rows(self, session: Session) -> list[Stage]:
         query = select(Stage).where(Stage.job_id == self.job_id).order_by(Stage.idx)
@@ -128,7 +128,7 @@ class Tracker:
         if not self.ranks.is_main:
             return
         change = update(Stage).where(Stage.job_id == self.job_id, Stage.idx == idx).values(**values)
-        self._in_session(lambda session: session.execute(change), "stage update")
+        self.in_session(lambda session: session.execute(change), "stage update")
 
     def _stage_row(self, session: Session, idx: int) -> Stage:
         query = select(Stage).where(Stage.job_id == self.job_id, Stage.idx == idx)
@@ -167,7 +167,7 @@ class Tracker:
                 **_facts(stage),
             )
 
-        self._in_session(start, "stage start")
+        self.in_session(start, "stage start")
 
     def finish_stage(self, idx: int, status: StageStatus, **values: Any) -> None:
         """Settle a stage (succeeded, failed or cancelled) with ``values`` (summary,
@@ -198,7 +198,7 @@ class Tracker:
                 **_facts(stage),
             )
 
-        self._in_session(finish, "stage finish")
+        self.in_session(finish, "stage finish")
 
     def keep_samples(self, stage_idx: int, step: int, samples: Sequence[Sample]) -> None:
         """Hold a step's kept completions until its metrics are logged: both are written in
@@ -224,7 +224,7 @@ class Tracker:
                 session.add_all(self._sample_rows(session, stage_idx, step, samples))
             session.execute(update(Job).where(Job.id == self.job_id).values(heartbeat_at=utcnow()))
 
-        self._in_session(write, "metrics")
+        self.in_session(write, "metrics")
         if step % PROGRESS_EVERY == 0:  # for the run's log; consoles read the metric rows
             shown = ", ".join(f"{k} {v:.3g}" for k, v in values.items() if k in PROGRESS_KEYS)
             log.info("job %s stage %s step %d: %s", str(self.job_id)[:8], stage_idx, step, shown)
@@ -318,7 +318,7 @@ class Tracker:
                 if also is not None:
                     also(session, stored.uri)
 
-            self._in_session(register, "artifact")
+            self.in_session(register, "artifact")
         self.ranks.barrier()
         return self.store.uri_for(key)
 

@@ -312,6 +312,12 @@ class EvalOptions(Strict):
     max_tries: int = Field(default=5, ge=1, le=20)
     batch_size: int = Field(default=8, ge=1)
     limit: int | None = Field(default=None, ge=1, description="Evaluate the first N items.")
+    write_every: int = Field(
+        default=256,
+        ge=1,
+        description="Rows evaluated and stored at a time: the job's progress moves by this "
+        "many, and a relaunched job keeps what was stored.",
+    )
     engine: Literal["transformers", "vllm"] = "transformers"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="auto: float32 on a CPU, bfloat16 on a GPU (as the paper)."
