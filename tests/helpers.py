@@ -244,6 +244,17 @@ def serve_app(app: Any, *, startup_s: float = 30.0) -> Iterator[str]:
         thread.join(15)
 
 
+def platform_on(database_url: str, root: Path) -> Embedded:
+    """The embedded platform on ``database_url``, its home and artifacts under ``root``."""
+    from entrypoints.bootstrap import embedded
+    from shared.settings import BaseVR1Settings
+
+    settings = BaseVR1Settings(
+        home=root / "home", database_url=database_url, artifact_uri=(root / "artifacts").as_uri()
+    )
+    return embedded(settings)
+
+
 def training_toy(platform: Embedded, folder: Path) -> dict[str, Any]:
     """A student model, a cold set of 8 clean samples and an RL set of 16 prompts from the
     toy world, registered on ``platform``: ``{"student": path, "cold": id, "rl": id}``."""

@@ -16,15 +16,14 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from entrypoints.bootstrap import Embedded, embedded
+from entrypoints.bootstrap import Embedded
 from services.trainer.eval_job import evaluate_datasets
 from services.trainer.evaluation import eval_engine_spec
 from services.trainer.tracking import Tracker
 from shared.contracts.specs import EvalSpec
 from shared.db.models import EvalResult, Job
 from shared.engines import Engine, GenerationRequest, GenerationResult, make_engine
-from shared.settings import BaseVR1Settings
-from tests.helpers import discard_messages, training_toy
+from tests.helpers import discard_messages, platform_on, training_toy
 
 pytestmark = pytest.mark.integration
 
@@ -53,12 +52,7 @@ class Watched:
 
 @pytest.fixture
 def platform(pg_migrated: str, tmp_path: Path) -> Embedded:
-    settings = BaseVR1Settings(
-        home=tmp_path / "home",
-        database_url=pg_migrated,
-        artifact_uri=(tmp_path / "artifacts").as_uri(),
-    )
-    return embedded(settings)
+    return platform_on(pg_migrated, tmp_path)
 
 
 @pytest.fixture

@@ -20,15 +20,21 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from entrypoints.bootstrap import Embedded, embedded
+from entrypoints.bootstrap import Embedded
 from services.trainer import watcher
 from services.trainer.k8s_launcher import KubernetesLauncher
 from services.trainer.launcher import LaunchRequest, LocalLauncher, RunState
 from services.trainer.settings import TrainerSettings
 from shared.contracts.specs import SftSpec
 from shared.db.models import Artifact, Job, JobEvent, Metric, RolloutSample, Run, Stage
-from shared.settings import BaseVR1Settings
-from tests.helpers import FAST_SFT, discard_messages, free_port, training_toy, two_stage_grpo_spec
+from tests.helpers import (
+    FAST_SFT,
+    discard_messages,
+    free_port,
+    platform_on,
+    training_toy,
+    two_stage_grpo_spec,
+)
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,12 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def platform(pg_migrated: str, tmp_path: Path) -> Embedded:
-    settings = BaseVR1Settings(
-        home=tmp_path / "home",
-        database_url=pg_migrated,
-        artifact_uri=(tmp_path / "artifacts").as_uri(),
-    )
-    return embedded(settings)
+    return platform_on(pg_migrated, tmp_path)
 
 
 @pytest.fixture
