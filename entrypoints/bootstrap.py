@@ -12,6 +12,7 @@ spell relaunches a run that died, as the trainer worker's watcher does in a clus
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,11 +75,12 @@ class Embedded:
         with self.db.session() as session:
             return jobs.get_job(session, team=None, job_id=job_id)
 
-    def drain(self) -> int:
+    def drain(self, stop: threading.Event | None = None) -> int:
         """Hand every outbox message (and those they send) to its handler, in order, until
-        none is left and no training run needs relaunching; returns how many were handled."""
+        none is left and no training run needs relaunching (or ``stop`` is set); returns
+        how many were handled."""
         handled = 0
-        while True:
+        while stop is None or not stop.is_set():
             with self.db.session() as session:
                 messages = take_outbox(session, limit=1)
             if not messages and not self.watch():
@@ -86,6 +88,7 @@ class Embedded:
             for task_name, args in messages:
                 self._handle(task_name, args)
                 handled += 1
+        return handled
 
     def _handle(self, task_name: str, args: list[Any]) -> None:
         handler = self.tasks.get(task_name)

@@ -43,6 +43,7 @@ class WorkerRole(StrEnum):
     reasoner = "reasoner"
     trainer = "trainer"
     reconciler = "reconciler"
+    embedded = "embedded"
 
 
 Verbose = Annotated[
@@ -77,13 +78,19 @@ def serve(role: HttpRole) -> None:
 @app.command()
 def worker(role: WorkerRole) -> None:
     """Start a queue worker: captioner (queue caption), reasoner (reason), trainer (train),
-    or the reconciler (relays the outbox, resends lost work)."""
+    or the reconciler (relays the outbox, resends lost work); or, without a broker, the
+    embedded worker (runs every job a gateway on the same database takes)."""
     import importlib
 
     if role is WorkerRole.reconciler:
         from entrypoints.reconciler import main
 
         main()
+        return
+    if role is WorkerRole.embedded:
+        from entrypoints.embedded_worker import main as work
+
+        work()
         return
     try:
         module = importlib.import_module(f"services.{role.value}.worker")

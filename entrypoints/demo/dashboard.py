@@ -1,5 +1,6 @@
 """How to look at embedded jobs in the dashboard: the command that serves the gateway on
-the same home (its SQLite database and artifact folder), the address, and a key.
+the same home (its SQLite database and artifact folder), the address, a key, and the
+command of the worker that runs jobs submitted there (there is no broker).
 
 The gateway resolves both from ``VR1_HOME`` as the embedded runner did, so the one
 variable is enough; the key is issued for the embedded team and stored hashed like any.
@@ -24,6 +25,7 @@ class Dashboard:
     command: str
     url: str
     api_key: str
+    worker: str
 
     def lines(self) -> list[str]:
         """What the demo prints at its end."""
@@ -31,6 +33,7 @@ class Dashboard:
             "look at these jobs in the dashboard:",
             f"  {self.command}",
             f"  then open {self.url} with the API key {self.api_key}",
+            f"to run jobs submitted there, also start: {self.worker}",
         ]
 
 
@@ -49,4 +52,5 @@ def dashboard(platform: Embedded, *, port: int = DEFAULT_PORT) -> Dashboard:
     if port != DEFAULT_PORT:
         env.append(f"VR1_PORT={port}")
     command = " ".join([*env, shlex.quote(_vr1()), "serve", "gateway"])
-    return Dashboard(command, f"http://127.0.0.1:{port}/ui/", issued.secret)
+    worker = " ".join([env[0], shlex.quote(_vr1()), "worker", "embedded"])
+    return Dashboard(command, f"http://127.0.0.1:{port}/ui/", issued.secret, worker)

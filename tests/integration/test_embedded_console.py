@@ -218,8 +218,9 @@ def _healthy(base: str, server: subprocess.Popen[bytes], timeout_s: float = 60.0
 
 
 @pytest.fixture
-def gateway(platform: Embedded, tiny_sft: Ran) -> Iterator[tuple[str, str]]:
-    """The gateway started by exactly the command the demo prints; (its URL root, key)."""
+def gateway(platform: Embedded, tiny_sft: Ran) -> Iterator[tuple[str, str, str]]:
+    """The gateway started by exactly the command the demo prints; (its URL root, key,
+    the command it prints for the worker)."""
     pointer = dashboard(platform, port=free_port())
     assert pointer.url.endswith("/ui/")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VR1_")}
@@ -230,20 +231,48 @@ def gateway(platform: Embedded, tiny_sft: Ran) -> Iterator[tuple[str, str]]:
     base = pointer.url.removesuffix("/ui/")
     try:
         assert _healthy(base, server), f"the gateway did not come up with: {pointer.command}"
-        yield base, pointer.api_key
+        yield base, pointer.api_key, pointer.worker
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+        _stop(server)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
 
 
 @pytest.mark.timeout(600)
-def test_the_printed_dashboard_command_serves_the_embedded_jobs(
-    gateway: tuple[str, str], tiny_sft: Ran
+def test_the_printed_commands_serve_the_embedded_jobs_and_run_new_ones(
+    gateway: tuple[str, str, str], tiny_sft: Ran, toy: dict[str, Any]
 ) -> None:
-    base, key = gateway
+    base, key, worker_command = gateway
+    headers = {"Authorization": f"Bearer {key}"}
     assert httpx.get(f"{base}/v1/jobs", timeout=10).status_code == 401
-    listed = httpx.get(f"{base}/v1/jobs", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    listed = httpx.get(f"{base}/v1/jobs", headers=headers, timeout=10)
     assert listed.status_code == 200, listed.text
     jobs = {job["id"]: job for job in listed.json()["items"]}
     assert jobs[str(tiny_sft.job_id)]["status"] == "succeeded"
+
+    # A job submitted to that gateway runs once the printed worker command is started.
+    spec = {"kind": "eval", "model": str(toy["student"]), "dataset_ids": [toy["rl"]]}
+    spec |= {"limit": 4, "max_new_tokens": 8, "max_tries": 1}
+    submitted = httpx.post(f"{base}/v1/jobs", headers=headers, json={"spec": spec}, timeout=10)
+    assert submitted.status_code == 201, submitted.text
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VR1_")}
+    worker = subprocess.Popen(
+        ["bash", "-c", worker_command], cwd=Path.cwd(), env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        job = submitted.json()
+        while job["status"] not in ("succeeded", "failed", "cancelled"):
+            assert time.monotonic() < deadline, f"still {job['status']}"
+            assert worker.poll() is None, f"the worker exited with {worker.returncode}"
+            time.sleep(0.5)
+            job = httpx.get(f"{base}/v1/jobs/{job['id']}", headers=headers, timeout=10).json()
+    finally:
+        _stop(worker)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["progress"]["done"] == job["progress"]["total"] == 4
+    assert worker.returncode == 0  # SIGTERM: it stopped cleanly between messages
