@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -19,7 +20,9 @@ from typing import IO, Any
 
 import pyarrow.parquet as pq
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
+from shared.db.models import GenerationRecord
 from shared.db.session import Database
 from tests.helpers import served_model
 
@@ -277,6 +280,18 @@ def register_toy(
     items = client.get(f"/v1/datasets/{dataset_id}/items?limit={n}", headers=auth(key)).json()
     assert items["total"] == n
     return dataset_id, {item["id"]: item["answer"] for item in items["items"]}
+
+
+def check_one_record_per_item(db: Database, job_id: str, gold: dict[str, str]) -> None:
+    """Each of the job's items has exactly one generation record, and no other item has."""
+    with db.session() as session:
+        per_item = session.execute(
+            select(GenerationRecord.item_id, func.count())
+            .where(GenerationRecord.job_id == uuid.UUID(job_id))
+            .group_by(GenerationRecord.item_id)
+        ).all()
+    assert {str(item) for item, _ in per_item} == set(gold)
+    assert all(count == 1 for _, count in per_item)
 
 
 def coldstart_spec(teachers: dict[str, Path], dataset_id: str, chunk_size: int) -> dict[str, Any]:

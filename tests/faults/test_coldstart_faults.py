@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from shared.db.models import GenerationRecord
 from shared.db.session import Database
@@ -30,6 +30,7 @@ from tests.coldstart_support import (
     WorkerPool,
     auth,
     check_export,
+    check_one_record_per_item,
     coldstart_spec,
     gateway_app,
     register_toy,
@@ -130,14 +131,7 @@ def _exactly_once(cluster: Cluster, job_id: str, gold: dict[str, str]) -> dict[s
     job = wait_for_job(cluster.client, cluster.key, job_id, timeout_s=300)
     assert job["status"] == "succeeded", job["error"]
     assert (job["items_total"], job["items_done"] + job["items_failed"]) == (ITEMS, ITEMS)
-    with cluster.db.session() as session:
-        per_item = session.execute(
-            select(GenerationRecord.item_id, func.count())
-            .where(GenerationRecord.job_id == uuid.UUID(job_id))
-            .group_by(GenerationRecord.item_id)
-        ).all()
-    assert {str(item) for item, _ in per_item} == set(gold)
-    assert all(count == 1 for _, count in per_item)
+    check_one_record_per_item(cluster.db, job_id, gold)
     records = cluster.records(job_id)
     assert all(r.status in ("kept", "rejected", "failed") for r in records)
     kept = {str(r.item_id) for r in records if r.status == "kept"}

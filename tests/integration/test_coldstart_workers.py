@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from shared.db.models import GenerationRecord
 from shared.db.session import Database
@@ -24,6 +24,7 @@ from tests.coldstart_support import (
     WorkerPool,
     auth,
     check_export,
+    check_one_record_per_item,
     coldstart_spec,
     gateway_app,
     register_toy,
@@ -200,15 +201,7 @@ def test_killed_workers_lose_and_repeat_nothing(cluster: dict[str, Any]) -> None
     assert job["items_done"] + job["items_failed"] == n
     assert job["items_failed"] == 0
 
-    with db.session() as session:
-        per_item = session.execute(
-            select(GenerationRecord.item_id, func.count())
-            .where(GenerationRecord.job_id == uuid.UUID(job_id))
-            .group_by(GenerationRecord.item_id)
-        ).all()
-    assert len(per_item) == n
-    assert {str(item) for item, _ in per_item} == set(gold)
-    assert all(count == 1 for _, count in per_item)
+    check_one_record_per_item(db, job_id, gold)
     records = _records(db, job_id)
     assert all(r.status in SETTLED for r in records)
     kept = sum(r.status == "kept" for r in records)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from shared.db import migrate
 from shared.db.models import GenerationRecord
@@ -18,6 +18,7 @@ from shared.storage import open_store
 from tests.coldstart_support import (
     auth,
     check_export,
+    check_one_record_per_item,
     coldstart_spec,
     gateway_app,
     register_toy,
@@ -63,14 +64,7 @@ def test_a_killed_embedded_worker_started_again_finishes_the_job_once(
 
     assert job["status"] == "succeeded", job["error"]
     assert (job["items_total"], job["items_done"], job["items_failed"]) == (ITEMS, ITEMS, 0)
-    with db.session() as session:
-        per_item = session.execute(
-            select(GenerationRecord.item_id, func.count())
-            .where(GenerationRecord.job_id == uuid.UUID(job_id))
-            .group_by(GenerationRecord.item_id)
-        ).all()
-    assert {str(item) for item, _ in per_item} == set(gold)
-    assert all(count == 1 for _, count in per_item)
+    check_one_record_per_item(db, job_id, gold)
     export = open_store(artifact_uri).local_path(job["output"]["export_uri"])
     rows = check_export(export, gold)
     assert len(rows) == job["counters"]["kept"]
