@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -263,3 +265,108 @@ def test_cancel_an_active_job_from_the_list(page: Page, site: Site) -> None:
     with site.api() as client:
         assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
     screenshot(page, "cancelled")
+
+
+def test_a_job_started_from_the_page_is_checked_then_created_once(page: Page, site: Site) -> None:
+    log_in(page, site)
+    page.get_by_role("link", name="New job").click()
+    expect(page.locator("h1")).to_have_text("New job")
+    page.select_option("form.new-job select[name=kind]", "eval")
+    # The template holds the team's newest eval dataset and GRPO checkpoint.
+    checkpoint = site.children["grpo"]["output"]["checkpoint_uri"]
+    spec = page.locator("textarea[name=spec]")
+    expect(spec).to_have_value(re.compile(re.escape(json.dumps(checkpoint))))
+    template = json.loads(spec.input_value())
+    assert template == {"kind": "eval", "model": checkpoint, "dataset_ids": [site.datasets["test"]]}
+    with site.api() as client:
+        before = client.get("/v1/jobs").json()["total"]
+
+    submit = page.get_by_role("button", name="Submit job")
+    spec.fill("{not json")
+    submit.click()
+    expect(page.locator(".error-box")).to_contain_text("The spec is not JSON")
+    spec.fill(json.dumps({**template, "max_tries": 0}))
+    submit.click()
+    expect(page.locator(".error-box")).to_contain_text("max_tries")
+    expect(page).to_have_url(re.compile(r"#/jobs/new$"))
+
+    spec.fill(json.dumps({**template, "limit": 2}, indent=2))
+    page.fill("input[name=name]", "from-the-page")
+    screenshot(page, "new-job")
+    submit.click()
+    expect(page.locator(".job-head h1")).to_have_text("from-the-page")
+    expect(page.locator(".job-head .badge")).to_have_text("queued")
+    job_id = page.url.rsplit("/", 1)[-1]
+    with site.api() as client:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert (job["kind"], job["spec"]["model"], job["spec"]["limit"]) == ("eval", checkpoint, 2)
+        assert client.get("/v1/jobs").json()["total"] == before + 1  # the refusals made none
+        assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+
+
+def test_run_again_starts_from_the_jobs_own_spec(page: Page, site: Site) -> None:
+    grpo = site.children["grpo"]
+    log_in(page, site)
+    _open(page, site, f"/jobs/{grpo['id']}")
+    page.get_by_role("link", name="Run again…").click()
+    expect(page.locator("h1")).to_have_text("Run again")
+    expect(page.locator("form.new-job select[name=kind]")).to_have_value("grpo")
+    expect(page.locator("input[name=name]")).to_have_value(f"{grpo['name']} (again)")
+    assert json.loads(page.locator("textarea[name=spec]").input_value()) == grpo["spec"]
+    page.get_by_role("button", name="Submit job").click()  # a stored spec is a valid one
+    expect(page.locator(".job-head h1")).to_have_text(f"{grpo['name']} (again)")
+    job_id = page.url.rsplit("/", 1)[-1]
+    with site.api() as client:
+        again = client.get(f"/v1/jobs/{job_id}").json()
+        assert (again["kind"], again["spec"]) == ("grpo", grpo["spec"])
+        assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+
+
+def _toy_parquet(toy: Path, path: Path, n: int) -> list[dict[str, Any]]:
+    """The first ``n`` toy rows with their images embedded, as Hugging Face datasets writes."""
+    rows = [json.loads(line) for line in (toy / "train.jsonl").read_text().splitlines()[:n]]
+    images = [{"bytes": (toy / r["image"]).read_bytes(), "path": r["image"]} for r in rows]
+    table = pa.table(
+        {
+            "image": images,
+            "question": [r["question"] for r in rows],
+            "answer": [r["answer"] for r in rows],
+        }
+    )
+    pq.write_table(table, path)
+    return rows
+
+
+def test_a_dataset_uploaded_from_the_page_lists_its_items(
+    page: Page, site: Site, teachers: dict[str, Path], tmp_path: Path
+) -> None:
+    log_in(page, site)
+    _open(page, site, "/datasets")
+    page.locator("details.upload summary").click()
+
+    # A file with a bad row is refused with the row and its reason; nothing is stored.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"image": "none.png", "question": "What colour?"}\n')
+    page.set_input_files("input[type=file]", bad)
+    page.get_by_role("button", name="Upload").click()
+    refusal = page.locator(".upload-status .error-box")
+    expect(refusal).to_contain_text("nothing was stored")
+    expect(refusal).to_contain_text("row 1")
+
+    parquet = tmp_path / "uploaded-toy.parquet"
+    rows = _toy_parquet(teachers["toy"], parquet, 6)
+    page.fill("input[name=name]", "")
+    page.set_input_files("input[type=file]", parquet)
+    expect(page.locator("input[name=name]")).to_have_value("uploaded-toy")
+    page.select_option(".upload-form select[name=kind]", "rl")
+    screenshot(page, "upload")
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("h1")).to_have_text("uploaded-toy")
+    expect(page.locator("table.items tbody tr")).to_have_count(len(rows))
+    _images_loaded(page, "table.items img")
+    screenshot(page, "uploaded")
+    with site.api() as client:
+        listed = client.get("/v1/datasets", params={"kind": "rl"}).json()["items"]
+    uploaded = next(d for d in listed if d["name"] == "uploaded-toy")
+    assert (uploaded["size"], uploaded["format"]) == (len(rows), "parquet")
+    assert "bad" not in {d["name"] for d in listed}

@@ -6,9 +6,10 @@ import { bytes, h } from "./dom.js";
 const KEY = "vr1.apiKey";
 
 export class ApiError extends Error {
-  constructor(status, message) {
+  constructor(status, message, body = null) {
     super(message);
     this.status = status;
+    this.body = body; // the error's JSON (a rejected dataset's row errors are in ``errors``)
   }
 }
 
@@ -53,19 +54,61 @@ async function errorOf(response) {
     // not JSON: the status line says enough
   }
   const message = body?.message || `${response.status} ${response.statusText}`;
-  return new ApiError(response.status, message);
+  return new ApiError(response.status, message, body);
 }
 
-/** One authenticated call; ``key`` overrides the stored one (the login check). */
-export async function call(path, { method = "GET", params, key } = {}) {
+/**
+ * One authenticated call; ``key`` overrides the stored one (the login check), ``body`` is
+ * sent as JSON, ``headers`` are added.
+ */
+export async function call(path, { method = "GET", params, key, body, headers = {} } = {}) {
   const used = key ?? apiKey();
-  const response = await fetch(withParams(path, params), {
+  const init = {
     method,
-    headers: { Authorization: `Bearer ${used ?? ""}`, Accept: "application/json" },
-  });
+    headers: { Authorization: `Bearer ${used ?? ""}`, Accept: "application/json", ...headers },
+  };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(withParams(path, params), init);
   if (response.status === 401 && key === undefined) refused(used);
   if (!response.ok) throw await errorOf(response);
   return response.json();
+}
+
+/**
+ * A multipart upload with its progress: ``onProgress(sent, total)`` as the bytes go (fetch
+ * cannot tell), then the API's answer, or an ApiError with its message.
+ */
+export function upload(path, form, onProgress) {
+  const used = apiKey();
+  return new Promise((resolve, reject) => {
+    const request = new XMLHttpRequest();
+    request.open("POST", path);
+    request.setRequestHeader("Authorization", `Bearer ${used ?? ""}`);
+    request.setRequestHeader("Accept", "application/json");
+    request.upload.addEventListener("progress", (event) => {
+      if (event.lengthComputable) onProgress(event.loaded, event.total);
+    });
+    request.addEventListener("load", () => {
+      let body = null;
+      try {
+        body = JSON.parse(request.responseText);
+      } catch {
+        // not JSON: the status line says enough
+      }
+      if (request.status >= 200 && request.status < 300) {
+        resolve(body);
+        return;
+      }
+      if (request.status === 401) refused(used);
+      const message = body?.message || `${request.status} ${request.statusText}`;
+      reject(new ApiError(request.status, message, body));
+    });
+    request.addEventListener("error", () => reject(new ApiError(0, "the upload was cut off")));
+    request.send(form);
+  });
 }
 
 export const get = (path, params) => call(path, { params });

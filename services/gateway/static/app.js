@@ -1,4 +1,5 @@
-// The dashboard's entry: hash routes (#/jobs, #/jobs/<id>, #/datasets, #/datasets/<id>).
+// The dashboard's entry: hash routes (#/jobs, #/jobs/new, #/jobs/<id>, #/datasets,
+// #/datasets/<id>).
 
 import { ApiError, apiKey, logOut } from "./api.js";
 import { datasetPage, datasetsPage } from "./datasets.js";
@@ -7,10 +8,12 @@ import { jobPage } from "./job.js";
 import { jobsPage } from "./jobs.js";
 import { View } from "./live.js";
 import { loginPage } from "./login.js";
+import { newJobPage } from "./newjob.js";
 
 const ROUTES = [
   [/^\/login$/, loginPage],
   [/^\/jobs$/, jobsPage],
+  [/^\/jobs\/new$/, newJobPage],
   [/^\/jobs\/([\w-]+)$/, jobPage],
   [/^\/datasets$/, datasetsPage],
   [/^\/datasets\/([\w-]+)$/, datasetPage],

@@ -47,6 +47,7 @@ function header(job, refresh) {
       h("span", { class: "chip" }, job.kind),
       badge(job.status),
       h("span", { class: "spacer" }),
+      h("a", { class: "button small", href: `#/jobs/new?from=${job.id}` }, "Run again…"),
       isActive(job) ? cancelButton(job, refresh) : null,
     ),
     h(

@@ -121,7 +121,13 @@ export async function jobsPage(view, main, { query }) {
     );
     return view.alive;
   };
-  view.show(main, h("div", { class: "page-head" }, h("h1", {}, "Jobs"), filters), content, footer);
+  const start = h("a", { class: "button primary", href: "#/jobs/new" }, "New job");
+  view.show(
+    main,
+    h("div", { class: "page-head" }, h("h1", {}, "Jobs"), filters, start),
+    content,
+    footer,
+  );
   // Polled while shown, active jobs or not: a job submitted elsewhere appears by itself.
   if (await refresh()) view.poll(refresh);
 }
