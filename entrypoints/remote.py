@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import Field
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -58,6 +59,11 @@ class ApiSettings(BaseVR1Settings):
 
     api_url: str = "http://127.0.0.1:8000"
     api_key: str | None = None
+    queued_hint_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="--watch: say what may be missing once a job waits this long",
+    )
 
 
 def _console(*, err: bool = False) -> Console:
@@ -187,7 +193,8 @@ def jobs_submit(
             typer.echo(f"warning: {warning}", err=True)
         typer.echo(str(job.id))
         if watch_job:
-            _finish(watch(client, str(job.id), console=_console()))
+            hint_s = ApiSettings().queued_hint_s
+            _finish(watch(client, str(job.id), console=_console(), queued_hint_s=hint_s))
 
 
 def _finish(job: JobOut) -> None:

@@ -23,8 +23,9 @@ from rich.progress import (
 )
 
 from entrypoints.console import duration
-from shared.client import ApiNotFound, Client
-from shared.contracts.api import EventOut, JobOut
+from shared.client import ApiError, ApiNotFound, Client, Unreachable
+from shared.contracts.api import EventOut, Health, JobOut
+from shared.contracts.status import JobStatus
 from shared.progress import counted
 
 
@@ -57,12 +58,36 @@ class JobWatch:
         return page.items
 
 
-def watch(client: Client, job_id: str, *, console: Console, poll_s: float = 1.0) -> JobOut:
-    """Follow a job until it ends (a live bar on a terminal, plain lines otherwise)."""
+def queued_hint(client: Client, waited_s: float) -> str:
+    """Why a job may still be queued, from what the gateway says of its broker."""
+    still = f"still queued after {duration(waited_s)}: "
+    try:
+        health = client.get("/healthz", Health)
+    except (ApiError, Unreachable):
+        return still + "no worker has taken it yet"
+    if health.broker is None:
+        return still + (
+            "this gateway has no broker; its jobs run when `vr1 worker embedded` runs on "
+            "its database (VR1_HOME or VR1_DATABASE_URL)"
+        )
+    return still + "no worker has taken it yet (are the trainer and coldstart workers up?)"
+
+
+def watch(
+    client: Client,
+    job_id: str,
+    *,
+    console: Console,
+    poll_s: float = 1.0,
+    queued_hint_s: float = 30.0,
+) -> JobOut:
+    """Follow a job until it ends (a live bar on a terminal, plain lines otherwise); a job
+    still queued after ``queued_hint_s`` gets one line on what may be missing."""
     follow = JobWatch(client, job_id)
     live = console.is_terminal
     started = time.monotonic()
     shown: tuple[Any, ...] = ()
+    hinted = False
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -77,9 +102,14 @@ def watch(client: Client, job_id: str, *, console: Console, poll_s: float = 1.0)
         task = bar.add_task("queued", total=None, detail="")
 
         def update(job: JobOut) -> None:
-            nonlocal shown
+            nonlocal shown, hinted
             for event in follow.new_events():
                 bar.console.print(format_event(event), markup=False, highlight=False)
+            waited = time.monotonic() - started
+            if job.status == JobStatus.QUEUED and not hinted and waited >= queued_hint_s:
+                hinted = True
+                hint = queued_hint(client, waited)
+                bar.console.print(hint, style="yellow", markup=False, highlight=False)
             at = job.progress
             description = f"{job.status} · {at.stage or job.kind}"
             bar.update(

@@ -244,7 +244,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.mark.timeout(600)
 def test_the_printed_commands_serve_the_embedded_jobs_and_run_new_ones(
-    gateway: tuple[str, str, str], tiny_sft: Ran, toy: dict[str, Any]
+    gateway: tuple[str, str, str], tiny_sft: Ran, toy: dict[str, Any], home: Path
 ) -> None:
     base, key, worker_command = gateway
     headers = {"Authorization": f"Bearer {key}"}
@@ -254,25 +254,42 @@ def test_the_printed_commands_serve_the_embedded_jobs_and_run_new_ones(
     jobs = {job["id"]: job for job in listed.json()["items"]}
     assert jobs[str(tiny_sft.job_id)]["status"] == "succeeded"
 
-    # A job submitted to that gateway runs once the printed worker command is started.
+    # A job submitted to that gateway and followed waits, and says what is missing; once
+    # the printed worker command runs, it runs, and the follower ends with its outcome.
     spec = {"kind": "eval", "model": str(toy["student"]), "dataset_ids": [toy["rl"]]}
     spec |= {"limit": 4, "max_new_tokens": 8, "max_tries": 1}
-    submitted = httpx.post(f"{base}/v1/jobs", headers=headers, json={"spec": spec}, timeout=10)
-    assert submitted.status_code == 201, submitted.text
+    spec_path = home.parent / "remote-eval.json"
+    spec_path.write_text(json.dumps(spec))
     env = {k: v for k, v in os.environ.items() if not k.startswith("VR1_")}
-    worker = subprocess.Popen(
-        ["bash", "-c", worker_command], cwd=Path.cwd(), env=env, start_new_session=True
-    )
+    remote = {**env, "VR1_API_URL": base, "VR1_API_KEY": key, "VR1_QUEUED_HINT_S": "1"}
+    followed = home.parent / "watch.log"
+    with followed.open("w") as out:
+        watcher = subprocess.Popen(
+            [VR1, "jobs", "submit", str(spec_path), "--watch"],
+            env=remote,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    worker = None
     try:
-        deadline = time.monotonic() + 300
-        job = submitted.json()
-        while job["status"] not in ("succeeded", "failed", "cancelled"):
-            assert time.monotonic() < deadline, f"still {job['status']}"
-            assert worker.poll() is None, f"the worker exited with {worker.returncode}"
-            time.sleep(0.5)
-            job = httpx.get(f"{base}/v1/jobs/{job['id']}", headers=headers, timeout=10).json()
+        deadline = time.monotonic() + 60
+        while "vr1 worker embedded" not in followed.read_text():
+            assert time.monotonic() < deadline, followed.read_text()
+            assert watcher.poll() is None, followed.read_text()
+            time.sleep(0.3)
+        assert "still queued after" in followed.read_text()
+        worker = subprocess.Popen(
+            ["bash", "-c", worker_command], cwd=Path.cwd(), env=env, start_new_session=True
+        )
+        assert watcher.wait(timeout=300) == 0, followed.read_text()
     finally:
-        _stop(worker)
-    assert job["status"] == "succeeded", job["error"]
+        for process in (watcher, worker):
+            if process is not None:
+                _stop(process)
+    job_id = followed.read_text().splitlines()[0]
+    assert f"job {job_id} succeeded" in followed.read_text()
+    job = httpx.get(f"{base}/v1/jobs/{job_id}", headers=headers, timeout=10).json()
     assert job["progress"]["done"] == job["progress"]["total"] == 4
+    assert worker is not None
     assert worker.returncode == 0  # SIGTERM: it stopped cleanly between messages
