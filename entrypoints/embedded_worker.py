@@ -23,34 +23,19 @@ import time
 from typing import Any
 
 from pydantic import Field
-from sqlalchemy import select
 
 from entrypoints.bootstrap import Embedded, embedded
-from shared.db.models import OutboxMessage
-from shared.db.session import Database
-from shared.reconcile import InFlight, sweep
-from shared.settings import BaseVR1Settings
+from entrypoints.reconciler import ReconcilerSettings
+from shared.reconcile import outbox_in_flight, sweep
 
 log = logging.getLogger(__name__)
 
 
-class EmbeddedWorkerSettings(BaseVR1Settings):
-    """How often the worker looks for new work and for lost work."""
+class EmbeddedWorkerSettings(ReconcilerSettings):
+    """The reconciler's intervals (how often it sweeps, when work counts as lost), and how
+    often an idle worker looks at the outbox."""
 
     poll_interval_s: float = Field(default=1.0, gt=0, description="Idle: look this often.")
-    reconcile_interval_s: float = Field(default=10.0, gt=0)
-    stale_after_s: float = Field(
-        default=60.0, gt=0, description="Untouched this long and named by no message: lost."
-    )
-
-
-def outbox_in_flight(db: Database) -> InFlight:
-    """The work the outbox still holds: nothing it names is lost."""
-    found = InFlight()
-    with db.session() as session:
-        for task_name, args in session.execute(select(OutboxMessage.task_name, OutboxMessage.args)):
-            found.add(task_name, list(args))
-    return found
 
 
 def work(platform: Embedded, settings: EmbeddedWorkerSettings, stop: threading.Event) -> None:

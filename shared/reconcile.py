@@ -42,7 +42,7 @@ from shared.coldstart import ensure_records
 from shared.contracts import queues
 from shared.contracts.specs import ColdstartSpec, parse_spec
 from shared.contracts.status import JOB_ACTIVE, RECORD_TERMINAL, RecordStep
-from shared.db.models import GenerationRecord, Job, Run, as_utc, utcnow
+from shared.db.models import GenerationRecord, Job, OutboxMessage, Run, as_utc, utcnow
 from shared.db.session import Database, enqueue_after_commit
 from shared.events import EventType
 from shared.jobs import chunked, coldstart_item_ids
@@ -251,6 +251,17 @@ def broker_in_flight(app: Any, *, inspect_timeout_s: float = 1.0) -> InFlight:
     except Exception as exc:  # the broker is away: nothing can be told lost
         log.warning("reconciler: cannot read the broker: %s", exc)
         found.complete = False
+    return found
+
+
+def outbox_in_flight(db: Database) -> InFlight:
+    """Without a broker, what the database's outbox still holds: nothing it names is lost
+    (the embedded worker takes a message off the outbox as it starts it)."""
+    found = InFlight()
+    with db.session() as session:
+        query = select(OutboxMessage.task_name, OutboxMessage.args)
+        for task_name, args in session.execute(query):
+            found.add(task_name, list(args))
     return found
 
 

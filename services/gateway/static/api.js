@@ -46,6 +46,11 @@ function withParams(path, params) {
   return text ? `${path}?${text}` : path;
 }
 
+/** The API's error from its status and JSON body (null when it sent none). */
+function apiError(status, statusText, body) {
+  return new ApiError(status, body?.message || `${status} ${statusText}`, body);
+}
+
 async function errorOf(response) {
   let body = null;
   try {
@@ -53,8 +58,7 @@ async function errorOf(response) {
   } catch {
     // not JSON: the status line says enough
   }
-  const message = body?.message || `${response.status} ${response.statusText}`;
-  return new ApiError(response.status, message, body);
+  return apiError(response.status, response.statusText, body);
 }
 
 /**
@@ -103,8 +107,7 @@ export function upload(path, form, onProgress) {
         return;
       }
       if (request.status === 401) refused(used);
-      const message = body?.message || `${request.status} ${request.statusText}`;
-      reject(new ApiError(request.status, message, body));
+      reject(apiError(request.status, request.statusText, body));
     });
     request.addEventListener("error", () => reject(new ApiError(0, "the upload was cut off")));
     request.send(form);

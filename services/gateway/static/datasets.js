@@ -32,13 +32,15 @@ function stem(file) {
   return file.name.replace(/\.(jsonl|json|parquet|tar\.gz|tgz|tar|zip)$/i, "");
 }
 
+/** A bad row as the API reports it (a skipped one, or one that refused a file). */
+function rowError(row) {
+  return `row ${row.row}${row.field ? ` (${row.field})` : ""}: ${row.reason}`;
+}
+
 function skippedNote(dataset) {
   const skipped = dataset.skipped || [];
   if (!skipped.length) return null;
-  const first = skipped
-    .slice(0, 5)
-    .map((row) => `row ${row.row}: ${row.reason}`)
-    .join("; ");
+  const first = skipped.slice(0, 5).map(rowError).join("; ");
   return note(`${skipped.length} rows skipped (${first})`, "warn");
 }
 
@@ -96,9 +98,7 @@ function uploadForm() {
       location.hash = `#/datasets/${dataset.id}`;
     } catch (error) {
       if (error instanceof ApiError && error.status === 401) return;
-      const rows = (error.body?.errors || []).map(
-        (row) => `row ${row.row}${row.field ? ` (${row.field})` : ""}: ${row.reason}`,
-      );
+      const rows = (error.body?.errors || []).map(rowError);
       fill(status, h("pre", { class: "error-box", role: "alert" }, [error.message, ...rows].join("\n")));
     } finally {
       submit.disabled = false;

@@ -84,7 +84,7 @@ export async function newJobPage(view, main, { query }) {
   let edited = false;
   let key = freshKey();
 
-  const load = async (next) => {
+  const load = (next) => {
     spec.value = JSON.stringify(next, null, 2);
     edited = false;
   };
@@ -96,7 +96,7 @@ export async function newJobPage(view, main, { query }) {
     if (edited && !confirm("Replace the spec you edited with the template of this kind?")) {
       return;
     }
-    await load(await template(kind.value));
+    load(await template(kind.value));
   });
 
   const form = h(
@@ -140,7 +140,7 @@ export async function newJobPage(view, main, { query }) {
     }
   });
 
-  await load(earlier ? earlier.spec : await template(kind.value));
+  load(earlier ? earlier.spec : await template(kind.value));
   view.show(
     main,
     h("div", { class: "page-head" }, h("h1", {}, earlier ? "Run again" : "New job")),
