@@ -23,7 +23,7 @@ from services.trainer.tracking import Tracker
 from shared.contracts.specs import EvalSpec
 from shared.db.models import EvalResult, Job
 from shared.engines import Engine, GenerationRequest, GenerationResult, make_engine
-from tests.helpers import discard_messages, platform_on, training_toy
+from tests.helpers import discard_messages
 
 pytestmark = pytest.mark.integration
 
@@ -48,16 +48,6 @@ class Watched:
 
     def close(self) -> None:
         """The shared engine is closed by the fixture."""
-
-
-@pytest.fixture
-def platform(pg_migrated: str, tmp_path: Path) -> Embedded:
-    return platform_on(pg_migrated, tmp_path)
-
-
-@pytest.fixture
-def toy(platform: Embedded, tmp_path: Path) -> dict[str, Any]:
-    return training_toy(platform, tmp_path)
 
 
 @pytest.fixture

@@ -31,24 +31,11 @@ from tests.helpers import (
     FAST_SFT,
     discard_messages,
     free_port,
-    platform_on,
-    training_toy,
     two_stage_grpo_spec,
 )
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def platform(pg_migrated: str, tmp_path: Path) -> Embedded:
-    return platform_on(pg_migrated, tmp_path)
-
-
-@pytest.fixture
-def toy(platform: Embedded, tmp_path: Path) -> dict[str, Any]:
-    """A student model, a cold set of clean samples, and RL prompts from the toy world."""
-    return training_toy(platform, tmp_path)
 
 
 def _stages(platform: Embedded, job_id: uuid.UUID) -> list[Stage]:
