@@ -39,6 +39,7 @@ class EventType(StrEnum):
     STAGE_STARTED = "stage.started"
     STAGE_FINISHED = "stage.finished"
     CHECKPOINT_SAVED = "checkpoint.saved"
+    OFF_POLICY = "rollout.off_policy"
     ITEM_FAILED = "item.failed"
     RETRIED = "retried"
     RELAUNCHED = "relaunched"

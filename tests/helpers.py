@@ -56,12 +56,16 @@ def write_image(path: Path, colour: str = "red", size: int = 32) -> Path:
 TEACHERS = {"describer": ("tiny", 100), "reasoner": ("teacher", 400)}
 
 
-def stand_in_teachers(cache_root: Path, *, seed: int = 0) -> dict[str, Path]:
+def stand_in_teachers(
+    cache_root: Path, *, seed: int = 0, describer_size: str | None = None
+) -> dict[str, Path]:
     """Train (once, then reuse from ``cache_root``) the demo's stand-in teachers.
 
     A tiny VLM describer and a tiny text reasoner taught the toy world's reference texts
     through the platform's own SFT code; coldstart tests need teachers whose answers can
-    pass verification.  The cache key covers everything that shapes them.
+    pass verification.  ``describer_size`` replaces the describer's ("tiny-h32" for vLLM,
+    whose CPU attention takes no 16-wide heads).  The cache key covers everything that
+    shapes them.
     """
     import hashlib
     import inspect
@@ -73,14 +77,17 @@ def stand_in_teachers(cache_root: Path, *, seed: int = 0) -> dict[str, Path]:
     from shared.fixtures import tiny, toy
     from shared.prompts import shipped
 
+    sizes = dict(TEACHERS)
+    if describer_size is not None:
+        sizes["describer"] = (describer_size, TEACHERS["describer"][1])
     material = json.dumps(
         [
             toy.GENERATOR_VERSION,
-            tiny.SIZES["teacher"],
+            {name: tiny.SIZES[size] for name, (size, _) in sizes.items()},
             {s: {v: t.text for v, t in vs.items()} for s, vs in shipped().items()},
             inspect.getsource(teachers),
             seed,
-            TEACHERS,
+            sizes,
         ],
         sort_keys=True,
     )
@@ -102,7 +109,7 @@ def stand_in_teachers(cache_root: Path, *, seed: int = 0) -> dict[str, Path]:
         ("describer", teachers.describer_rows(rows, info.root), tiny.build_tiny_vlm),
         ("reasoner", teachers.reasoner_rows(rows), tiny.build_tiny_text_lm),
     ):
-        size, steps = TEACHERS[name]
+        size, steps = sizes[name]
         options = SftOptions(
             learning_rate=1e-3,
             lr_scheduler="constant",

@@ -80,6 +80,7 @@ def eval_engine_spec(model: Path | str, options: EvalOptions) -> EngineSpec:
         dtype=options.dtype,
         batch_size=options.batch_size,
         generation=round_params(options, 0),
+        vllm=options.vllm,
     )
 
 

@@ -11,7 +11,7 @@ completions looked like (from a zero-weight recording reward) with the loss and 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,12 @@ from services.trainer.models import (
     save_policy,
     vision_token_ids,
 )
+from services.trainer.onpolicy import (
+    OnPolicyGRPOTrainer,
+    correction_arguments,
+    rollout_dtype,
+    sampling_rules,
+)
 from services.trainer.rollouts import Paid, RewardFn, RolloutRecorder, Sample
 from shared.contracts.specs import GrpoOptions, StageSpec
 from shared.engines.vllm_cpu_compat import keep_cpu_weights_updatable
@@ -51,9 +57,16 @@ from shared.rewards import Scorer, default_scorer
 
 log = logging.getLogger(__name__)
 SamplesFn = Callable[[int, list[Sample]], None]
-# TRL's mean |log p| difference between vLLM's sampling and the policy on the same tokens:
-# near 0 when each step's weights reached vLLM, large when they did not.
-VLLM_LOGP_GAP = "sampling/sampling_logp_difference/mean"
+# Measured by OnPolicyGRPOTrainer on every step with vLLM rollouts.
+OFF_POLICY_KEYS = (
+    "rollout_logp_gap",
+    "rollout_logp_gap_signed",
+    "rollout_logp_gap_max",
+    "is_ratio_min",
+    "is_ratio_mean",
+    "is_ratio_max",
+    "is_clipped_frac",
+)
 
 
 def completions_per_step(stage: StageSpec, options: GrpoOptions) -> tuple[int, int]:
@@ -86,14 +99,6 @@ def within_prompt_length(
     return kept
 
 
-def never_sample(token_ids: list[int], *, vllm: bool) -> dict[str, Any]:
-    """Generation arguments that keep ``token_ids`` (image placeholders) out of rollouts, in
-    the form of the backend that generates them."""
-    if vllm:
-        return {"logit_bias": dict.fromkeys(token_ids, -100.0)}
-    return {"suppress_tokens": token_ids}
-
-
 def grpo_config(
     stage: StageSpec,
     options: GrpoOptions,
@@ -102,13 +107,20 @@ def grpo_config(
     suppress: list[int],
     checkpoint_every: int | None,
     run_name: str = "",
+    max_model_len: int | None = None,
 ) -> GRPOConfig:
-    """TRL settings for one stage: the stage's cap, group and overrides on the shared options."""
+    """TRL settings for one stage: the stage's cap, group and overrides on the shared options.
+
+    Sampling is set once, for the rollouts and the loss alike: TRL divides the policy's
+    logits by the same ``temperature`` it samples with, the suppression is in the policy's
+    head and (for vLLM) in ``logit_bias`` with the same numbers, and ``top_p`` is 1.
+    """
     _, completions = completions_per_step(stage, options)
     processes = PartialState().num_processes
     if completions % processes:
         raise InvalidInput(f"{completions} completions per step do not split over {processes}")
     on_gpu = torch.cuda.is_available()
+    vllm = options.rollout_engine == "vllm"
     return GRPOConfig(
         output_dir=str(out_dir),
         max_steps=stage.steps,
@@ -122,15 +134,19 @@ def grpo_config(
         max_completion_length=stage.max_completion_tokens,
         temperature=stage.temperature or options.temperature,
         top_p=options.top_p,
-        generation_kwargs=never_sample(suppress, vllm=options.rollout_engine == "vllm"),
+        generation_kwargs=sampling_rules(suppress, vllm=vllm),
         learning_rate=stage.learning_rate or options.learning_rate,
         lr_scheduler_type=options.lr_scheduler,  # restarts per stage: each stage is a new run
         warmup_steps=0,
         epsilon=options.epsilon,
         beta=options.beta if stage.beta is None else stage.beta,  # > 0 loads a reference model
         loss_type=options.loss_type,
-        use_vllm=options.rollout_engine == "vllm",
+        use_vllm=vllm,
         vllm_mode="colocate",  # the server mode's weight sync needs CUDA (NCCL)
+        vllm_gpu_memory_utilization=options.vllm.gpu_memory_utilization,
+        vllm_tensor_parallel_size=options.vllm.tensor_parallel_size,
+        vllm_max_model_length=max_model_len,
+        **correction_arguments(options.off_policy),
         use_cpu=not on_gpu,
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         **run_arguments(
@@ -174,8 +190,8 @@ class StepMetrics(ForwardLogs):
             "learning_rate": values.get("learning_rate", 0.0),
             "step_time_s": self.timer.last_step_s,
         }
-        if VLLM_LOGP_GAP in values:  # how far vLLM's sampling is from the trained policy
-            metrics["rollout_logp_gap"] = values[VLLM_LOGP_GAP]
+        # How far vLLM's sampling was from the policy, and what the correction did.
+        metrics.update({k: values[k] for k in OFF_POLICY_KEYS if k in values})
         if torch.cuda.is_available():
             metrics["gpu_memory_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
         return metrics
@@ -203,6 +219,8 @@ def build_grpo_trainer(
     records = grpo_records(prompts, vision=policy.vision, system_prompt=options.system_prompt)
     if options.max_prompt_length:
         records = within_prompt_length(records, policy, options.max_prompt_length)
+    vllm = options.rollout_engine == "vllm"
+    suppress = vision_token_ids(policy)
     if keep_samples:
         reward_funcs = [Paid(fn) for fn in reward_funcs]
     recorder = RolloutRecorder(
@@ -215,45 +233,42 @@ def build_grpo_trainer(
         stage,
         options,
         out_dir,
-        suppress=vision_token_ids(policy),
+        suppress=suppress,
         checkpoint_every=checkpoint_every,
         run_name=run_name,
+        max_model_len=rollout_model_len(records, policy, stage, options) if vllm else None,
     )
     args.reward_weights = [1.0] * len(reward_funcs) + [0.0]  # the recorder only watches
     if args.use_vllm and not torch.cuda.is_available():
         keep_cpu_weights_updatable()  # the colocated vLLM runs in this process
-    trainer = GRPOTrainer(
+    trainer = OnPolicyGRPOTrainer(
         model=policy.model,
         reward_funcs=[*reward_funcs, recorder],
         args=args,
         train_dataset=Dataset.from_list(records),
         processing_class=policy.processing_class,
+        options=options,
+        suppress=suppress,
+        dtype=rollout_dtype(options.vllm, policy.model.dtype),
     )
     recorder.eos_ids = set(trainer.eos_token_ids)
     trainer.remove_callback(PrinterCallback)  # metrics go to on_step, not to stdout
-    if options.rollout_engine == "vllm":
-        sync_trained_weights_only(trainer.vllm_generation)
     return trainer, policy, recorder
 
 
-def sync_trained_weights_only(generation: Any) -> None:
-    """Before each rollout TRL copies the policy's weights into vLLM; frozen ones (the vision
-    tower and projector by default) cannot have changed since vLLM loaded the checkpoint,
-    so they are left out.  That spares time, and on CPU vLLM repacks some frozen vision
-    layers so that they cannot be loaded again at all."""
-    frozen = {
-        generation._fix_param_name_to_vllm(name)
-        for name, param in generation.model.named_parameters()
-        if not param.requires_grad
-    }
-    every_param = generation._iter_named_params
-
-    def trained_params() -> Iterator[tuple[str, Any]]:
-        for name, param in every_param():
-            if name not in frozen:
-                yield name, param
-
-    generation._iter_named_params = trained_params
+def rollout_model_len(
+    records: list[dict[str, Any]], policy: Policy, stage: StageSpec, options: GrpoOptions
+) -> int:
+    """vLLM's context length for a stage: the spec's, which must hold the longest prompt
+    and the stage's cap, or (unset) exactly that."""
+    needed = max(prompt_length(r, policy) for r in records) + stage.max_completion_tokens
+    given = options.vllm.max_model_len
+    if given is not None and given < needed:
+        raise InvalidInput(
+            f"vllm.max_model_len={given} cannot hold the longest prompt and this stage's "
+            f"{stage.max_completion_tokens} completion tokens ({needed} in all)"
+        )
+    return given or needed
 
 
 def run_grpo_stage(

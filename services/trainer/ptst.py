@@ -24,6 +24,7 @@ from services.trainer.tracking import Tracker, latest_checkpoint
 from shared.contracts.specs import GrpoSpec, StageSpec
 from shared.contracts.status import StageStatus
 from shared.db.models import Metric
+from shared.events import EventType
 from shared.storage import path_from_uri
 
 SUMMARY_KEYS = (
@@ -72,6 +73,32 @@ def summarize(tracker: Tracker, idx: int, last: int = 10) -> dict[str, float]:
     return summary
 
 
+class OffPolicyWatch:
+    """A stage's step logger that also warns, once per attempt, when vLLM's rollouts drift
+    from the policy: a mean per-token gap above the spec's ``warn_above``."""
+
+    def __init__(self, tracker: Tracker, idx: int, threshold: float) -> None:
+        self.tracker, self.idx, self.threshold = tracker, idx, threshold
+        self.warned = False
+
+    def __call__(self, step: int, values: dict[str, float]) -> None:
+        self.tracker.log(self.idx, step, values)
+        gap = values.get("rollout_logp_gap")
+        if self.warned or gap is None or gap <= self.threshold:
+            return
+        self.warned = True
+        ratios = [values.get(f"is_ratio_{k}", float("nan")) for k in ("min", "max")]
+        self.tracker.warn(
+            EventType.OFF_POLICY,
+            f"step {step}: vLLM's rollouts are {gap:.3g} nats/token from the policy (warns "
+            f"above {self.threshold:g}); importance ratios {ratios[0]:.3g}-{ratios[1]:.3g}, "
+            f"{values.get('is_clipped_frac', 0.0):.0%} clipped",
+            stage_idx=self.idx,
+            step=step,
+            **{k: v for k, v in values.items() if k.startswith(("rollout_logp", "is_"))},
+        )
+
+
 def run_grpo_job(tracker: Tracker, settings: TrainerSettings, spec: GrpoSpec) -> dict[str, object]:
     """Run every unfinished stage in order; returns the last checkpoint and stage summaries."""
     configs = [(stage_name(i, s), s.model_dump(mode="json")) for i, s in enumerate(spec.stages)]
@@ -101,7 +128,7 @@ def run_grpo_job(tracker: Tracker, settings: TrainerSettings, spec: GrpoSpec) ->
                 spec,
                 out_dir,
                 reward_funcs=funcs,
-                on_step=partial(tracker.log, idx),
+                on_step=OffPolicyWatch(tracker, idx, spec.off_policy.warn_above),
                 on_samples=partial(tracker.keep_samples, idx),
                 should_stop=tracker.should_stop,
                 resume_from=resume,

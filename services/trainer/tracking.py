@@ -200,6 +200,17 @@ class Tracker:
 
         self.in_session(finish, "stage finish")
 
+    def warn(self, type: EventType, message: str, *, stage_idx: int, **facts: Any) -> None:
+        """A warning event about the run (written by the main process)."""
+        if not self.ranks.is_main:
+            return
+
+        def write(session: Session) -> None:
+            stage = dict(stage_idx=stage_idx)
+            events.record(session, self.job_id, type, message, level="warning", **stage, **facts)
+
+        self.in_session(write, "event")
+
     def keep_samples(self, stage_idx: int, step: int, samples: Sequence[Sample]) -> None:
         """Hold a step's kept completions until its metrics are logged: both are written in
         one transaction, so a relaunch that drops a redone step's metrics drops these too."""

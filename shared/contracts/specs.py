@@ -87,7 +87,34 @@ class EngineSpec(Strict):
             raise ValueError("engine 'openai' needs base_url")
         if self.engine != "vllm" and self.vllm != VllmOptions():
             raise ValueError(f"'vllm' options apply to engine 'vllm', not {self.engine!r}")
+        ignored = [name for name in UNHONOURED[self.engine] if _differs(self, name)]
+        if ignored:
+            raise ValueError(
+                f"engine {self.engine!r} cannot honour {', '.join(ignored)}: leave "
+                f"{'it' if len(ignored) == 1 else 'them'} at the default"
+            )
         return self
+
+
+# What each engine has no use for: a value other than the default would be silently
+# ignored, so it is refused instead.  vLLM schedules its own batches and runs in this
+# process (no device choice, no HTTP calls to limit or retry); the transformers engine
+# makes no HTTP calls; an OpenAI-compatible server owns its device, precision and batching.
+UNHONOURED: dict[str, tuple[str, ...]] = {
+    "transformers": ("base_url", "api_key_env", "max_in_flight", "max_retries", "timeout_s",
+                     "requests_per_minute", "tokens_per_minute"),
+    "vllm": ("base_url", "api_key_env", "device", "batch_size", "max_in_flight", "max_retries",
+             "timeout_s", "requests_per_minute", "tokens_per_minute"),
+    "openai": ("device", "dtype", "batch_size"),
+}  # fmt: skip
+
+
+def _differs(model: BaseModel, name: str) -> bool:
+    """Whether a field holds something other than its declared default."""
+    default = (
+        type(model).model_fields[name].get_default(call_default_factory=True, validated_data={})
+    )
+    return bool(getattr(model, name) != default)
 
 
 # --- coldstart -------------------------------------------------------------------------
@@ -235,6 +262,57 @@ class StageSpec(Strict):
     prompts_per_step: int | None = Field(default=None, ge=1)
 
 
+class RolloutVllmOptions(VllmOptions):
+    """vLLM colocated with the trainer for rollouts (``rollout_engine: vllm``).
+
+    It shares the device with the policy, its optimizer and the reference model, hence a
+    smaller memory share than a serving engine.  On one H100/H200 with a 7B policy the
+    paper's stages fit with ``gpu_memory_utilization`` 0.3-0.4, ``dtype`` bfloat16 and
+    ``max_model_len`` left to the platform (longest prompt + the stage's cap).
+    """
+
+    gpu_memory_utilization: float = Field(
+        default=0.3,
+        gt=0.0,
+        le=1.0,
+        description="Device memory share for vLLM's weights and KV cache; the rest holds "
+        "the training state. On a CPU the KV cache size comes from VLLM_CPU_KVCACHE_SPACE.",
+    )
+    max_model_len: int | None = Field(
+        default=None,
+        ge=16,
+        description="None: the longest prompt plus the stage's cap. A set value must hold "
+        "both, or the run stops with the numbers.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="auto: what the policy computes in (float32 on a CPU; bfloat16 on a GPU "
+        "that has it). Never left to vLLM, which would run a float32 checkpoint in bfloat16.",
+    )
+
+
+class OffPolicyCorrection(Strict):
+    """How the loss corrects for what remains between vLLM's sampling and the policy.
+
+    Rollouts and loss use one sampling distribution by construction; what remains is
+    numerics (bfloat16 kernels, a different attention implementation).  The ratio
+    policy / sampler is applied per token and capped (``token_truncate``, as verl and
+    EasyR1 do): per-sequence ratios multiply every token's gap, so at thousands of tokens
+    even bfloat16's ~0.01 nats/token would mask or shrink most completions.
+    """
+
+    mode: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask", "off"] = (
+        "token_truncate"
+    )
+    cap: float = Field(default=2.0, gt=1.0, le=100.0, description="Upper bound of the ratio.")
+    warn_above: float = Field(
+        default=0.05,
+        gt=0.0,
+        description="Mean |log p| gap per token (nats) above which a step raises a warning "
+        "event: healthy is under 1e-3 in float32 and 0.005-0.05 in bfloat16.",
+    )
+
+
 def paper_stages() -> list[StageSpec]:
     """The paper's PTST schedule: 4K x 16 then 8K x 8, 100 steps each."""
     return [
@@ -253,8 +331,20 @@ class GrpoOptions(Strict):
     lr_scheduler: Literal["cosine", "linear", "constant"] = "constant"
     epsilon: float = Field(default=0.2, gt=0)
     beta: float = Field(default=1e-2, ge=0)
-    temperature: float = Field(default=1.0, gt=0, le=5.0)
-    top_p: float = Field(default=1.0, gt=0, le=1.0)
+    temperature: float = Field(
+        default=1.0,
+        gt=0,
+        le=5.0,
+        description="Sampling temperature of the rollouts, which the loss divides the "
+        "policy's logits by too (one setting for both sides).",
+    )
+    top_p: float = Field(
+        default=1.0,
+        gt=0,
+        le=1.0,
+        description="Must stay 1.0: the loss scores the whole distribution, so rollouts cut "
+        "to a nucleus would be off-policy by construction.",
+    )
     prompts_per_step: int = Field(default=8, ge=1)
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
     max_prompt_length: int | None = Field(
@@ -264,6 +354,8 @@ class GrpoOptions(Strict):
         "included) are left out of training; None keeps every prompt.",
     )
     rollout_engine: Literal["transformers", "vllm"] = "transformers"
+    vllm: RolloutVllmOptions = Field(default_factory=RolloutVllmOptions)
+    off_policy: OffPolicyCorrection = Field(default_factory=OffPolicyCorrection)
     freeze_vision: bool = True
     system_prompt: str | None = None
     seed: int = 0
@@ -279,6 +371,25 @@ class GrpoOptions(Strict):
         description="Experiment trackers the run also reports to (TRL's report_to), "
         "beside the platform's own metrics; wandb runs offline unless WANDB_MODE says otherwise.",
     )
+
+    @model_validator(mode="after")
+    def _one_sampling_distribution(self) -> GrpoOptions:
+        if self.top_p != 1.0:
+            raise ValueError(
+                "top_p must be 1.0 for GRPO: the loss scores each token under the policy's "
+                "whole distribution, so rollouts sampled from a nucleus would be off-policy"
+            )
+        if self.rollout_engine != "vllm":
+            for name in ("vllm", "off_policy"):
+                if _differs(self, name):
+                    raise ValueError(f"{name!r} options apply to rollout_engine 'vllm'")
+        longest = max(s.max_completion_tokens for s in self.stages)
+        if self.vllm.max_model_len is not None and self.vllm.max_model_len <= longest:
+            raise ValueError(
+                f"vllm.max_model_len ({self.vllm.max_model_len}) leaves no room for a prompt "
+                f"beside the longest stage's {longest} completion tokens"
+            )
+        return self
 
     def compute_warnings(self) -> list[str]:
         """Say where stages are not compute-matched (tokens x group size constant)."""
@@ -322,7 +433,20 @@ class EvalOptions(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="auto: float32 on a CPU, bfloat16 on a GPU (as the paper)."
     )
+    vllm: VllmOptions = Field(
+        default_factory=VllmOptions,
+        description="How engine 'vllm' is built (memory share, context length, parallelism, "
+        "eager mode); the paper's 16K-token answers need max_model_len above 16000 + prompt.",
+    )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _batch_size_is_honoured(self) -> EvalOptions:
+        if self.engine == "vllm" and _differs(self, "batch_size"):
+            raise ValueError("engine 'vllm' cannot honour batch_size: it schedules its own batches")
+        if self.engine != "vllm" and _differs(self, "vllm"):
+            raise ValueError(f"'vllm' options apply to engine 'vllm', not {self.engine!r}")
+        return self
 
 
 class EvalSpec(EvalOptions):

@@ -22,7 +22,7 @@ from PIL import Image
 from shared.contracts.specs import EngineSpec, GenerationParams
 from shared.engines.base import GenerationRequest, GenerationResult, failed, params_for
 from shared.engines.images import load_image
-from shared.engines.loading import load_pretrained, vision_token_ids
+from shared.engines.loading import bias_output_head, load_pretrained, vision_token_ids
 from shared.engines.reasoning import split_reasoning
 from shared.errors import EngineError, ImageRejected
 
@@ -94,6 +94,9 @@ def _load(path: str, device: str, torch_dtype: torch.dtype) -> LoadedModel:
     loaded = load_pretrained(path, dtype=torch_dtype)
     model = loaded.model.to(device).eval()  # type: ignore[arg-type]
     tokenizer = loaded.tokenizer
+    suppress_ids = vision_token_ids(loaded.config, tokenizer)
+    if suppress_ids:  # the vllm engine's logit_bias, with the same number
+        bias_output_head(model, suppress_ids)
     tokenizer.padding_side = "left"  # decoder-only batches must end where generation starts
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -103,7 +106,7 @@ def _load(path: str, device: str, torch_dtype: torch.dtype) -> LoadedModel:
         tokenizer=tokenizer,
         multimodal=loaded.vision,
         device=device,
-        suppress_ids=vision_token_ids(loaded.config, tokenizer),
+        suppress_ids=suppress_ids,
         eos_ids=_eos_ids(model, tokenizer),
     )
 
@@ -223,7 +226,6 @@ class TransformersEngine:
             output = loaded.model.generate(
                 **inputs,
                 **sampling_kwargs(params),
-                suppress_tokens=loaded.suppress_ids or None,
                 pad_token_id=loaded.tokenizer.pad_token_id,
             )
         latency = time.perf_counter() - started

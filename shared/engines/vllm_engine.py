@@ -16,6 +16,7 @@ from typing import Any
 from shared.contracts.specs import EngineSpec, GenerationParams
 from shared.engines.base import GenerationRequest, GenerationResult, failed, params_for
 from shared.engines.images import image_data_url
+from shared.engines.loading import suppression_bias, vision_token_ids
 from shared.engines.reasoning import split_reasoning
 from shared.errors import EngineError, ImageRejected, NotAvailable
 
@@ -51,6 +52,9 @@ class VLLMEngine:
             # Videos are never sent; 0 also spares the start-up profiling a dummy video.
             limit_mm_per_prompt={"image": MAX_IMAGES_PER_PROMPT, "video": 0},
         )
+        # The transformers engine biases these in the model's head; here the same number
+        # goes to vLLM's sampler, so both engines keep the vision placeholders out alike.
+        self._suppress = suppression_bias(self._placeholder_ids(spec.model))
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """One result per request, same order; bad images fail alone."""
@@ -115,7 +119,14 @@ class VLLMEngine:
             top_p=params.top_p,
             top_k=params.top_k or -1,  # -1 turns top-k off in vLLM
             seed=seed,
+            logit_bias=self._suppress or None,
         )
+
+    def _placeholder_ids(self, model: str) -> list[int]:
+        """The model's image/video placeholder tokens, read as the transformers engine does."""
+        from transformers import AutoConfig
+
+        return vision_token_ids(AutoConfig.from_pretrained(model), self._llm.get_tokenizer())
 
     @staticmethod
     def _messages(request: GenerationRequest) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ class Site:
     pipeline: dict[str, Any]
     children: dict[str, dict[str, Any]]  # kind → job
     datasets: dict[str, str]  # name → ID
+    database_url: str
 
     def api(self) -> httpx.Client:
         """An API client with the first team's key."""
@@ -97,7 +98,7 @@ def site(teachers: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
             pipeline, ids = _run_pipeline(client, platform, data, teachers)
             children = client.get("/v1/jobs", params={"parent_id": pipeline["id"]}).json()
             kinds = {child["kind"]: child for child in children["items"]}
-            yield Site(base, key, other_key, pipeline, kinds, ids)
+            yield Site(base, key, other_key, pipeline, kinds, ids, url)
         platform.db.dispose()
 
 

@@ -93,6 +93,47 @@ def test_jobs_list_shows_the_pipeline_and_its_children(page: Page, site: Site) -
     expect(page.locator("select[name=kind]")).to_have_value("grpo")
 
 
+def test_grpo_page_charts_the_rollout_policy_gap_and_warns(page: Page, site: Site) -> None:
+    """What a run with vLLM rollouts stores each step (the names and shapes its trainer
+    writes; the values are made up for the page) and its warning event, as shown."""
+    import uuid
+
+    from shared import events
+    from shared.db.models import Metric
+    from shared.db.session import Database
+    from shared.events import EventType
+
+    job = site.children["grpo"]
+    figures = ("rollout_logp_gap", "rollout_logp_gap_signed", "is_ratio_mean", "is_clipped_frac")
+    database = Database(site.database_url)
+    with database.session() as session:
+        for idx, stage in enumerate(job["spec"]["stages"]):
+            for step in range(1, stage["steps"] + 1):
+                gap = 1e-4 * step * (idx + 1)
+                values = dict(zip(figures, (gap, gap / 3, 1.0 + gap, 0.0), strict=True))
+                session.add_all(
+                    Metric(job_id=uuid.UUID(job["id"]), stage_idx=idx, step=step, name=k, value=v)
+                    for k, v in values.items()
+                )
+        message = "step 3: vLLM's rollouts are 0.3 nats/token from the policy (warns above 0.05)"
+        events.record(
+            session, job["id"], EventType.OFF_POLICY, message, level="warning", stage_idx=1
+        )
+    database.dispose()
+    log_in(page, site)
+    _open(page, site, f"/jobs/{job['id']}")
+    gap = page.locator('figure[data-metric="rollout_logp_gap"]')
+    expect(gap).to_contain_text("Rollout vs policy: mean |log-prob gap| (nats/token)")
+    expect(gap.locator("polyline.series")).to_have_count(2)  # one per stage
+    expect(gap.locator("line.boundary")).to_have_count(1)
+    for name in figures[1:]:
+        expect(page.locator(f'figure[data-metric="{name}"] polyline.series')).to_have_count(2)
+    warning = page.locator("ol.events li.event.level-warning", has_text="rollout.off_policy")
+    expect(warning).to_contain_text("0.3 nats/token")
+    gap.scroll_into_view_if_needed()
+    screenshot(page, "grpo-rollout-gap")
+
+
 def test_pipeline_page_links_its_steps(page: Page, site: Site) -> None:
     log_in(page, site)
     _open(page, site, f"/jobs/{site.pipeline['id']}")

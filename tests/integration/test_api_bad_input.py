@@ -143,6 +143,10 @@ def test_hf_parquet_with_embedded_image_bytes_and_column_mapping(api: dict[str, 
     assert stored.read_bytes() == png
 
 
+ENGINE = {"engine": "transformers", "model": "m"}
+VLLM = {"engine": "vllm", "model": "m"}
+
+
 @pytest.mark.parametrize(
     ("body", "where"),
     [
@@ -153,6 +157,46 @@ def test_hf_parquet_with_embedded_image_bytes_and_column_mapping(api: dict[str, 
         ({"spec": {"kind": "sft", "model": "m", "dataset_id": "x", "typo": 1}}, "typo"),
         ({"spec": {"kind": "sft", "model": "m", "dataset_id": "not-a-uuid"}}, "not-a-uuid"),
         ({}, "spec"),
+        # What an engine or a rollout engine would silently ignore, or get wrong.
+        (
+            {
+                "spec": {
+                    "kind": "coldstart",
+                    "dataset_id": "x",
+                    "reasoner": ENGINE,
+                    "captioner": {**VLLM, "batch_size": 4, "timeout_s": 5},
+                }
+            },
+            "cannot honour batch_size, timeout_s",
+        ),
+        (
+            {
+                "spec": {
+                    "kind": "coldstart",
+                    "dataset_id": "x",
+                    "reasoner": ENGINE,
+                    "captioner": {**ENGINE, "base_url": "http://h/v1"},
+                }
+            },
+            "cannot honour base_url",
+        ),
+        (
+            {
+                "spec": {
+                    "kind": "eval",
+                    "model": "m",
+                    "dataset_ids": ["x"],
+                    "engine": "vllm",
+                    "batch_size": 64,
+                }
+            },
+            "batch_size",
+        ),
+        ({"spec": {"kind": "grpo", "model": "m", "dataset_id": "x", "top_p": 0.9}}, "top_p"),
+        (
+            {"spec": {"kind": "grpo", "model": "m", "dataset_id": "x", "off_policy": {"cap": 3}}},
+            "rollout_engine 'vllm'",
+        ),
     ],
 )
 def test_invalid_job_specs_get_422_naming_the_field(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -107,16 +107,28 @@ def cold_start_set(toy: ToyDatasetInfo) -> list[ColdSample]:
     ]
 
 
-def run_recipe(
+@dataclass
+class ColdStarted:
+    """A platform with the toy datasets and a cold-started model, ready for GRPO runs."""
+
+    platform: Embedded
+    model: str
+    rl: str
+    held_out: str
+    seed: int
+    outcome: Outcome
+    toy: ToyDatasetInfo
+
+
+def cold_start(
     root: Path,
     *,
     seed: int = SEED,
     data_seed: int = DATA_SEED,
     size: str = "tiny",
     sft: SftOptions = SFT,
-    grpo: GrpoOptions = GRPO,
-) -> Outcome:
-    """Toy data, tiny VLM, then platform jobs: sft, grpo (PTST), eval after SFT and stages."""
+) -> ColdStarted:
+    """Toy data, tiny VLM, then platform jobs: sft and eval of the cold-started model."""
     start = time.perf_counter()
     toy = generate_toy_dataset(
         root / "toy", seed=data_seed, n_train=256, n_test=128, tasks=["shape_colour"]
@@ -139,22 +151,43 @@ def run_recipe(
         platform=platform,
     )
     outcome.seconds["sft"] = time.perf_counter() - start
+    return ColdStarted(platform, model, rl, held_out, seed, outcome, toy)
+
+
+def reinforce(cold: ColdStarted, grpo: GrpoOptions = GRPO) -> Outcome:
+    """A grpo job (PTST) from the cold-started model, and an eval job after each stage."""
+    platform, seeded = cold.platform, {"seed": cold.seed}
+    outcome = replace(cold.outcome, stages=[], steps=[], seconds=dict(cold.outcome.seconds))
     began = time.perf_counter()
-    grpo = _succeeded(
-        platform,
-        GrpoSpec(model=model, dataset_id=rl, **grpo.model_copy(update=seeded).model_dump()),
+    spec = GrpoSpec(
+        model=cold.model, dataset_id=cold.rl, **grpo.model_copy(update=seeded).model_dump()
     )
+    job = _succeeded(platform, spec)
     outcome.seconds["grpo"] = time.perf_counter() - began
-    outcome.grpo_job = grpo.id
-    for stage in _stages(platform, grpo.id):
+    outcome.grpo_job = job.id
+    for stage in _stages(platform, job.id):
         assert stage.checkpoint_uri is not None
-        outcome.steps.append(_steps(platform, grpo.id, stage.idx))
+        outcome.steps.append(_steps(platform, job.id, stage.idx))
         evaluated = _evaluate(
-            platform, stage.checkpoint_uri, held_out, EVAL.model_copy(update=seeded)
+            platform, stage.checkpoint_uri, cold.held_out, EVAL.model_copy(update=seeded)
         )
         outcome.stages.append(evaluated)
-    outcome.seconds["total"] = time.perf_counter() - start
+    outcome.seconds["total"] = outcome.seconds["sft"] + time.perf_counter() - began
     return outcome
+
+
+def run_recipe(
+    root: Path,
+    *,
+    seed: int = SEED,
+    data_seed: int = DATA_SEED,
+    size: str = "tiny",
+    sft: SftOptions = SFT,
+    grpo: GrpoOptions = GRPO,
+) -> Outcome:
+    """Toy data, tiny VLM, then platform jobs: sft, grpo (PTST), eval after SFT and stages."""
+    cold = cold_start(root, seed=seed, data_seed=data_seed, size=size, sft=sft)
+    return reinforce(cold, grpo)
 
 
 def _register(platform: Embedded, path: Path, name: str, kind: str) -> str:

@@ -59,7 +59,7 @@ def ask(*texts: str) -> list[GenerationRequest]:
 
 
 def test_429_then_500_then_success_is_retried(server: StandinServer, make: MakeEngine) -> None:
-    server.plan("flaky", Step(429, headers={"Retry-After": "0.01"}), Step(500), Step(200))
+    server.plan("flaky", Step(429, headers={"Retry-After": "1"}), Step(500), Step(200))
     [result] = make().generate(ask("flaky"))
     assert result.ok, result.error
     assert result.attempts == 3
@@ -67,6 +67,11 @@ def test_429_then_500_then_success_is_retried(server: StandinServer, make: MakeE
     assert server.attempts["flaky"] == 3
     # The official client numbers its retries; the server saw 0, 1, 2.
     assert [r.headers.get("x-stainless-retry-count") for r in server.received] == ["0", "1", "2"]
+    # Each wait was the server's: a second after the 429's Retry-After (the client's own
+    # first backoff is under 0.5 s), 10 ms after the 500 (its retry-after-ms).
+    first, second, third = (r.at for r in server.received)
+    assert second - first >= 1.0
+    assert third - second < 0.5
 
 
 def test_persistent_500_fails_alone(server: StandinServer, make: MakeEngine) -> None:

@@ -32,7 +32,13 @@ const TITLES = {
   grad_norm: "Gradient norm",
   step_time_s: "Step time (s)",
   completions: "Completions per step",
-  rollout_logp_gap: "Rollout log-prob gap",
+  rollout_logp_gap: "Rollout vs policy: mean |log-prob gap| (nats/token)",
+  rollout_logp_gap_signed: "Rollout vs policy: signed mean gap",
+  rollout_logp_gap_max: "Rollout vs policy: max |gap|",
+  is_ratio_mean: "Importance ratio (mean)",
+  is_ratio_min: "Importance ratio (min)",
+  is_ratio_max: "Importance ratio (max)",
+  is_clipped_frac: "Ratios truncated or masked (share)",
   gpu_memory_peak_gb: "Peak GPU memory (GB)",
 };
 const WITH_CAPS = new Set(["completion_len_mean", "completion_len_max"]);
