@@ -128,6 +128,12 @@ def test_grpo_page_charts_the_rollout_policy_gap_and_warns(page: Page, site: Sit
     expect(gap.locator("line.boundary")).to_have_count(1)
     for name in figures[1:]:
         expect(page.locator(f'figure[data-metric="{name}"] polyline.series')).to_have_count(2)
+    # Ratios that move around 1.0001 get tick labels that tell them apart.
+    ratio_ticks = page.locator(
+        'figure[data-metric="is_ratio_mean"] g.axis text[text-anchor="end"]:not(.axis-label)'
+    ).all_text_contents()
+    assert len(ratio_ticks) >= 3
+    assert len(set(ratio_ticks)) == len(ratio_ticks), ratio_ticks
     warning = page.locator("ol.events li.event.level-warning", has_text="rollout.off_policy")
     expect(warning).to_contain_text("0.3 nats/token")
     gap.scroll_into_view_if_needed()

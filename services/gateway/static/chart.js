@@ -11,7 +11,13 @@ const STAGE_COLOURS = ["#2f6fb0", "#d9822b", "#3d9970", "#a8509b", "#c0392b", "#
 const W = 460;
 const H = 210;
 const M = { left: 50, right: 14, top: 14, bottom: 30 };
-const RATES = new Set(["accuracy", "format_rate", "truncated_frac", "consistency"]);
+const RATES = new Set([
+  "accuracy",
+  "format_rate",
+  "truncated_frac",
+  "consistency",
+  "is_clipped_frac",
+]);
 
 export function stageColour(idx) {
   return STAGE_COLOURS[idx % STAGE_COLOURS.length];
@@ -49,6 +55,18 @@ function ticks(lo, hi, count, integers = false) {
     out.push(Number(v.toPrecision(12)));
   }
   return out;
+}
+
+/** A tick's label with as many decimals as its neighbours need to differ (a ratio that
+ * moves around 1.0001 is not labelled "1, 1, 1"); very small or large values as num does. */
+function tickLabel(v, all) {
+  const step = all.length > 1 ? Math.abs(all[1] - all[0]) : 0;
+  const size = Math.max(...all.map(Math.abs));
+  if (!step || size >= 1e4 || size < 1e-2) return num(v);
+  let decimals = 0; // those of the step itself: 0.25 needs two, 20 none
+  const fraction = (d) => Math.abs(step * 10 ** d - Math.round(step * 10 ** d));
+  while (decimals < 8 && fraction(decimals) > 1e-6) decimals += 1;
+  return v.toFixed(decimals);
 }
 
 function yDomain(name, values) {
@@ -101,10 +119,11 @@ export function metricChart(name, title, points, spans, { caps = false } = {}) {
     "aria-label": `${title} by global step`,
   });
   const grid = s("g", { class: "axis" });
-  for (const v of ticks(y0, y1, 4)) {
+  const yTicks = ticks(y0, y1, 4);
+  for (const v of yTicks) {
     grid.append(
       s("line", { x1: M.left, x2: W - M.right, y1: y(v), y2: y(v), class: "gridline" }),
-      s("text", { x: M.left - 6, y: y(v) + 4, "text-anchor": "end" }, num(v)),
+      s("text", { x: M.left - 6, y: y(v) + 4, "text-anchor": "end" }, tickLabel(v, yTicks)),
     );
   }
   for (const v of ticks(1, xMax, 6, true)) {
