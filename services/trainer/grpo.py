@@ -87,16 +87,17 @@ def prompt_length(record: dict[str, Any], policy: Policy) -> int:
 
 
 def within_prompt_length(
-    records: list[dict[str, Any]], policy: Policy, limit: int
-) -> list[dict[str, Any]]:
-    """The prompts of at most ``limit`` tokens (as verl and EasyR1 filter overlong prompts)."""
-    kept = [record for record in records if prompt_length(record, policy) <= limit]
+    records: list[dict[str, Any]], lengths: list[int], limit: int
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """The prompts of at most ``limit`` tokens, with their lengths (as verl and EasyR1
+    filter overlong prompts); ``lengths`` are the records' ``prompt_length``s."""
+    kept = [(r, n) for r, n in zip(records, lengths, strict=True) if n <= limit]
     if not kept:
         raise InvalidInput(f"no prompt fits in max_prompt_length={limit} tokens")
     if len(kept) < len(records):
         log.warning("%d of %d prompts are over %d tokens: left out", len(records) - len(kept),
                     len(records), limit)  # fmt: skip
-    return kept
+    return [r for r, _ in kept], [n for _, n in kept]
 
 
 def grpo_config(
@@ -217,9 +218,12 @@ def build_grpo_trainer(
     if policy.vision and options.freeze_vision:
         freeze_vision(policy.model)
     records = grpo_records(prompts, vision=policy.vision, system_prompt=options.system_prompt)
-    if options.max_prompt_length:
-        records = within_prompt_length(records, policy, options.max_prompt_length)
     vllm = options.rollout_engine == "vllm"
+    # Each prompt is measured once (images processed): to filter, and to size vLLM.
+    measure = vllm or options.max_prompt_length
+    lengths = [prompt_length(r, policy) for r in records] if measure else []
+    if options.max_prompt_length:
+        records, lengths = within_prompt_length(records, lengths, options.max_prompt_length)
     suppress = vision_token_ids(policy)
     if keep_samples:
         reward_funcs = [Paid(fn) for fn in reward_funcs]
@@ -236,7 +240,7 @@ def build_grpo_trainer(
         suppress=suppress,
         checkpoint_every=checkpoint_every,
         run_name=run_name,
-        max_model_len=rollout_model_len(records, policy, stage, options) if vllm else None,
+        max_model_len=rollout_model_len(max(lengths), stage, options) if vllm else None,
     )
     args.reward_weights = [1.0] * len(reward_funcs) + [0.0]  # the recorder only watches
     if args.use_vllm and not torch.cuda.is_available():
@@ -249,19 +253,17 @@ def build_grpo_trainer(
         processing_class=policy.processing_class,
         options=options,
         suppress=suppress,
-        dtype=rollout_dtype(options.vllm, policy.model.dtype),
+        dtype=rollout_dtype(options.vllm, args, policy.model.dtype),
     )
     recorder.eos_ids = set(trainer.eos_token_ids)
     trainer.remove_callback(PrinterCallback)  # metrics go to on_step, not to stdout
     return trainer, policy, recorder
 
 
-def rollout_model_len(
-    records: list[dict[str, Any]], policy: Policy, stage: StageSpec, options: GrpoOptions
-) -> int:
+def rollout_model_len(longest_prompt: int, stage: StageSpec, options: GrpoOptions) -> int:
     """vLLM's context length for a stage: the spec's, which must hold the longest prompt
     and the stage's cap, or (unset) exactly that."""
-    needed = max(prompt_length(r, policy) for r in records) + stage.max_completion_tokens
+    needed = longest_prompt + stage.max_completion_tokens
     given = options.vllm.max_model_len
     if given is not None and given < needed:
         raise InvalidInput(

@@ -121,13 +121,16 @@ def sampling_rules(suppress: Sequence[int], *, vllm: bool) -> dict[str, Any]:
     return {"suppress_tokens": None}
 
 
-def rollout_dtype(options: RolloutVllmOptions, policy_dtype: torch.dtype) -> str:
-    """vLLM's dtype: the spec's, or (``auto``) what the policy computes in — bfloat16 on a
-    GPU that has it (the trainer's autocast), else the policy's own (float32 on a CPU)."""
+def rollout_dtype(options: RolloutVllmOptions, args: Any, policy_dtype: torch.dtype) -> str:
+    """vLLM's dtype: the spec's, or (``auto``) what the policy computes in — the trainer's
+    mixed precision (``args.bf16`` / ``args.fp16``: bfloat16 on a GPU that has it), else
+    the policy's own (float32 on a CPU)."""
     if options.dtype != "auto":
         return options.dtype
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if args.bf16:
         return "bfloat16"
+    if args.fp16:
+        return "float16"
     return str(policy_dtype).removeprefix("torch.")
 
 

@@ -206,8 +206,9 @@ class Tracker:
             return
 
         def write(session: Session) -> None:
-            stage = dict(stage_idx=stage_idx)
-            events.record(session, self.job_id, type, message, level="warning", **stage, **facts)
+            events.record(
+                session, self.job_id, type, message, level="warning", stage_idx=stage_idx, **facts
+            )
 
         self.in_session(write, "event")
 

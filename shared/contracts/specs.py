@@ -266,9 +266,10 @@ class RolloutVllmOptions(VllmOptions):
     """vLLM colocated with the trainer for rollouts (``rollout_engine: vllm``).
 
     It shares the device with the policy, its optimizer and the reference model, hence a
-    smaller memory share than a serving engine.  On one H100/H200 with a 7B policy the
-    paper's stages fit with ``gpu_memory_utilization`` 0.3-0.4, ``dtype`` bfloat16 and
-    ``max_model_len`` left to the platform (longest prompt + the stage's cap).
+    smaller memory share than a serving engine.  On one H100 with a 7B policy the paper's
+    stages fit with ``gpu_memory_utilization`` 0.3 (0.2 on an H200), ``dtype`` bfloat16 and
+    ``max_model_len`` left to the platform (longest prompt + the stage's cap): the README's
+    "GRPO rollouts from vLLM" works it out.
     """
 
     gpu_memory_utilization: float = Field(

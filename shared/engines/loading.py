@@ -149,19 +149,14 @@ def bias_output_head(model: torch.nn.Module, token_ids: Sequence[int]) -> None:
     head = model.get_output_embeddings()  # type: ignore[operator]
     if not isinstance(head, torch.nn.Linear):
         raise EngineError(f"cannot bias an output head of type {type(head).__name__}")
-    if head.bias is not None and not _is_suppression(head):
+    if isinstance(head.bias, torch.nn.Parameter):  # a buffer is an earlier suppression
         raise EngineError("the model's output head has a trained bias; suppression needs its own")
     # out_features, not weight.shape: under ZeRO-3 the weight is partitioned (shape [0]).
     bias = torch.zeros(head.out_features, dtype=head.weight.dtype, device=head.weight.device)
     bias[list(token_ids)] = SUPPRESSED_LOGIT_BIAS
     head._parameters.pop("bias", None)  # nn.Linear keeps a None slot for its missing bias
     head.register_buffer("bias", bias, persistent=False)
-    head._vr1_suppression = True  # type: ignore[assignment]
     _whole_under_zero3(bias)
-
-
-def _is_suppression(head: torch.nn.Module) -> bool:
-    return bool(getattr(head, "_vr1_suppression", False))
 
 
 def _whole_under_zero3(tensor: torch.Tensor) -> None:

@@ -5,6 +5,7 @@ vLLM in tests/vllm)."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -127,8 +128,10 @@ def test_correction_and_dtype_are_set_never_left_to_defaults() -> None:
     assert correction_arguments(OffPolicyCorrection(mode="off")) == {
         "vllm_importance_sampling_correction": False
     }
-    assert rollout_dtype(RolloutVllmOptions(), torch.float32) == "float32"  # no GPU here
-    assert rollout_dtype(RolloutVllmOptions(dtype="bfloat16"), torch.float32) == "bfloat16"
+    cpu, gpu = SimpleNamespace(bf16=False, fp16=False), SimpleNamespace(bf16=True, fp16=False)
+    assert rollout_dtype(RolloutVllmOptions(), cpu, torch.float32) == "float32"
+    assert rollout_dtype(RolloutVllmOptions(), gpu, torch.float32) == "bfloat16"  # autocast
+    assert rollout_dtype(RolloutVllmOptions(dtype="bfloat16"), cpu, torch.float32) == "bfloat16"
 
 
 class Tracker:

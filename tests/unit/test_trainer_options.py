@@ -38,12 +38,13 @@ def test_prompts_over_max_prompt_length_are_left_out(tmp_path: Path) -> None:
         PromptRow("What colour is the shape in this picture, please? " * 8, "red", (image,)),
     ]
     records = grpo_records(rows, vision=True)
-    short, long = (prompt_length(r, policy) for r in records)
+    lengths = [prompt_length(r, policy) for r in records]
+    short, long = lengths
     assert short < long
-    assert within_prompt_length(records, policy, short) == records[:1]
-    assert within_prompt_length(records, policy, long) == records
+    assert within_prompt_length(records, lengths, short) == (records[:1], [short])
+    assert within_prompt_length(records, lengths, long) == (records, lengths)
     with pytest.raises(InvalidInput, match="max_prompt_length"):
-        within_prompt_length(records, policy, short - 1)
+        within_prompt_length(records, lengths, short - 1)
 
 
 def test_report_to_reaches_the_training_arguments_with_the_run_name() -> None:
