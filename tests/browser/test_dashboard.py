@@ -123,7 +123,7 @@ def test_grpo_page_charts_the_rollout_policy_gap_and_warns(page: Page, site: Sit
     log_in(page, site)
     _open(page, site, f"/jobs/{job['id']}")
     gap = page.locator('figure[data-metric="rollout_logp_gap"]')
-    expect(gap).to_contain_text("Rollout vs policy: mean |log-prob gap| (nats/token)")
+    expect(gap).to_contain_text("Rollout vs policy: mean |gap| (nats/token)")
     expect(gap.locator("polyline.series")).to_have_count(2)  # one per stage
     expect(gap.locator("line.boundary")).to_have_count(1)
     for name in figures[1:]:

@@ -32,7 +32,7 @@ const TITLES = {
   grad_norm: "Gradient norm",
   step_time_s: "Step time (s)",
   completions: "Completions per step",
-  rollout_logp_gap: "Rollout vs policy: mean |log-prob gap| (nats/token)",
+  rollout_logp_gap: "Rollout vs policy: mean |gap| (nats/token)",
   rollout_logp_gap_signed: "Rollout vs policy: signed mean gap",
   rollout_logp_gap_max: "Rollout vs policy: max |gap|",
   is_ratio_mean: "Importance ratio (mean)",
